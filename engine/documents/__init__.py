@@ -1,0 +1,25 @@
+"""Document pipeline: find files, load them into documents, split documents into chunks."""
+
+from engine.documents.chunking import Chunk, Chunker, page_for_offset
+from engine.documents.discovery import discover
+from engine.documents.loaders import (
+    SUPPORTED_SUFFIXES,
+    TYPE_BY_SUFFIX,
+    DocumentError,
+    LoadedDocument,
+    file_fingerprint,
+    load_file,
+)
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "TYPE_BY_SUFFIX",
+    "Chunk",
+    "Chunker",
+    "DocumentError",
+    "LoadedDocument",
+    "discover",
+    "file_fingerprint",
+    "load_file",
+    "page_for_offset",
+]

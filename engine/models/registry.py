@@ -1,0 +1,254 @@
+"""Models declared by name in the config, resolved lazily and created once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config
+from engine.models.base import EmbeddingModel, Fingerprint, ModelError
+from engine.models.sources import (
+    folder_facts,
+    from_hub,
+    from_package,
+    from_parts,
+    from_path,
+    part_files,
+    sha256_file,
+    weights_file,
+)
+
+SOURCES = ("package", "parts", "path", "hub_id")
+KINDS = ("sentence-transformers", "openai")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str
+    options: dict[str, Any]
+    where: str
+
+    @property
+    def description(self) -> str:
+        return str(self.options.get("description", ""))
+
+    @property
+    def source(self) -> tuple[str, Any]:
+        return next((k, self.options[k]) for k in SOURCES if k in self.options)
+
+    @classmethod
+    def from_config(cls, name: str, options: dict[str, Any], config: Config) -> ModelSpec:
+        where = config.where("models", name)
+        kind = options.get("kind")
+        if kind not in KINDS:
+            raise ModelError(
+                f"{where}: model '{name}' has kind {kind!r}; expected one of {', '.join(KINDS)}"
+            )
+        if kind == "sentence-transformers":
+            given = [k for k in SOURCES if k in options]
+            if len(given) != 1:
+                raise ModelError(
+                    f"{where}: model '{name}' needs exactly one of {', '.join(SOURCES)}, "
+                    f"got {', '.join(given) or 'none'}"
+                )
+            if "parts" in options and "parts_folder" not in options:
+                raise ModelError(f"{where}: model '{name}' with parts needs parts_folder")
+        else:
+            missing = [
+                k for k in ("model", "base_url", "api_key_env", "dimensions") if k not in options
+            ]
+            if missing:
+                raise ModelError(f"{where}: openai model '{name}' is missing {', '.join(missing)}")
+            if options.get("price_per_1m_tokens", 0) < 0 or options["dimensions"] <= 0:
+                raise ModelError(
+                    f"{where}: model '{name}': price_per_1m_tokens must be >= 0 and dimensions > 0"
+                )
+        return cls(name=name, kind=kind, options=dict(options), where=where)
+
+
+@dataclass
+class Availability:
+    name: str
+    kind: str
+    available: bool
+    reason: str
+    location: str = ""
+    dimension: int | None = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _DigestCache:
+    """sha256 of weight files keyed by path, size and mtime: hashing 400 MB each start is waste."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+
+    def get(self, file: Path) -> str:
+        st = file.stat()
+        key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        with self._lock:
+            try:
+                known = json.loads(self._path.read_text())
+            except (OSError, ValueError):
+                known = {}
+            if not isinstance(known, dict):
+                known = {}
+            if key not in known:
+                known[key] = sha256_file(file)
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self._path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(known, indent=1))
+                os.replace(tmp, self._path)
+            return str(known[key])
+
+
+class ModelRegistry:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.models_dir = config.data_dir / "models"
+        self._specs = {n: ModelSpec.from_config(n, o, config) for n, o in config.models.items()}
+        self._instances: dict[str, EmbeddingModel] = {}
+        self._lock = threading.Lock()
+        self._digests = _DigestCache(self.models_dir / "digests.json")
+
+    def names(self) -> list[str]:
+        return list(dict.fromkeys([*self._specs, *self._instances]))
+
+    def spec(self, name: str) -> ModelSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise ModelError(
+                f"unknown model '{name}' (declared: {', '.join(self.names())}); declare it under "
+                "`models:` in your config"
+            ) from None
+
+    def register(self, model: EmbeddingModel) -> None:
+        """Add a ready model instance (a fine-tuned model, or a test's)."""
+        with self._lock:
+            self._instances[model.name] = model
+
+    def resolve_folder(self, spec: ModelSpec) -> Path:
+        """The model's folder on disk; extracting split parts the first time."""
+        source, value = spec.source
+        if source == "package":
+            return from_package(spec.name, value)
+        if source == "path":
+            return from_path(spec.name, value)
+        if source == "hub_id":
+            return from_hub(spec.name, value, self.config.allow_hub_downloads)
+        target = self.models_dir / spec.options["parts_folder"]
+        return from_parts(
+            spec.name, value, spec.options["parts_folder"], target, spec.options.get("sha256")
+        )
+
+    def fingerprint(self, spec: ModelSpec, folder: Path) -> Fingerprint:
+        facts = folder_facts(folder)
+        weights = weights_file(folder)
+        if weights is None or facts["dimension"] is None:
+            raise ModelError(
+                f"model '{spec.name}': {folder} holds no weights or no dimension "
+                "(model.safetensors and 1_Pooling/config.json or config.json)"
+            )
+        digest = self._digests.get(weights)
+        expected = spec.options.get("sha256")
+        if expected and digest != expected:
+            raise ModelError(
+                f"model '{spec.name}': {weights} has sha256 {digest[:12]}…, expected "
+                f"{expected[:12]}… ({spec.where}); reinstall the model or fix sha256"
+            )
+        return Fingerprint(
+            name=spec.name,
+            weights_digest=digest,
+            dimension=int(facts["dimension"]),
+            normalized=True,
+            max_seq_length=int(
+                spec.options.get("max_seq_length") or facts["max_seq_length"] or 512
+            ),
+        )
+
+    def get(self, name: str) -> EmbeddingModel:
+        """Create the model object once; weights load later, on first encode, off the loop."""
+        with self._lock:
+            if name in self._instances:
+                return self._instances[name]
+            spec = self.spec(name)
+            if spec.kind == "openai":
+                raise ModelError(
+                    f"model '{name}' is a remote OpenAI-compatible model: it is declared and "
+                    "validated, but this version cannot embed with remote models yet"
+                )
+            from engine.models.local import SentenceTransformerModel
+
+            folder = self.resolve_folder(spec)
+            model = SentenceTransformerModel(
+                name,
+                folder,
+                self.fingerprint(spec, folder),
+                device=self.config.device,
+                trust_remote_code=bool(spec.options.get("trust_remote_code", False)),
+                source=f"{spec.source[0]}: {spec.source[1]}",
+            )
+            self._instances[name] = model
+            return model
+
+    async def aget(self, name: str) -> EmbeddingModel:
+        return await asyncio.to_thread(self.get, name)
+
+    def check(self, name: str) -> Availability:
+        """Whether a model can be used, and why not — without loading any weights."""
+        if name in self._instances and name not in self._specs:
+            model = self._instances[name]
+            return Availability(name, model.kind, True, "registered", dimension=model.dimension)
+        spec = self.spec(name)
+        if spec.kind == "openai":
+            key_env = spec.options["api_key_env"]
+            has_key = bool(os.environ.get(key_env))
+            return Availability(
+                name,
+                spec.kind,
+                False,
+                "remote embedding not supported yet"
+                + ("" if has_key else f"; ${key_env} is not set"),
+                location=spec.options["base_url"],
+                dimension=spec.options["dimensions"],
+                description=spec.description,
+                extra={"price_per_1m_tokens": spec.options.get("price_per_1m_tokens", 0)},
+            )
+        try:
+            source, value = spec.source
+            if source == "parts" and not (self.models_dir / spec.options["parts_folder"]).is_dir():
+                part_files(name, value)
+                return Availability(
+                    name,
+                    spec.kind,
+                    True,
+                    "installed (extracted on first use)",
+                    location=", ".join(value[:1]) + ", …",
+                    description=spec.description,
+                )
+            folder = self.resolve_folder(spec)
+        except ModelError as exc:
+            return Availability(name, spec.kind, False, str(exc), description=spec.description)
+        facts = folder_facts(folder)
+        return Availability(
+            name,
+            spec.kind,
+            True,
+            "ready",
+            location=str(folder),
+            dimension=facts["dimension"],
+            description=spec.description,
+        )
+
+    async def close(self) -> None:
+        for model in list(self._instances.values()):
+            await model.close()

