@@ -85,6 +85,25 @@ SCHEMA: dict[str, Any] = {
         "disk_cache_mb": NUM,
         "disk_cache_ttl_s": OPT_NUM,
     },
+    "index": {
+        "type": STR,
+        "auto_hnsw_threshold": INT,
+        "hnsw_m": INT,
+        "hnsw_ef_search": INT,
+        "hnsw_ef_construction": INT,
+        "ivf_nprobe": INT,
+        "chunk_tokens": Scalar((int,), nullable=True),
+        "chunk_overlap": INT,
+        "rrf_k": INT,
+    },
+    "documents": {
+        "max_file_mb": NUM,
+        "include": ListOf(STR),
+        "exclude": ListOf(STR),
+        "csv_text_column": STR,
+        "csv_id_column": STR,
+        "csv_title_column": STR,
+    },
 }
 
 # Sections whose entries a user file replaces whole instead of merging key by key: redefining a
@@ -229,6 +248,14 @@ class Config:
     @property
     def embedding(self) -> EmbeddingSettings:
         return EmbeddingSettings(**self.raw["embedding"])
+
+    @property
+    def index(self) -> dict[str, Any]:
+        return self.raw["index"]
+
+    @property
+    def documents(self) -> dict[str, Any]:
+        return self.raw["documents"]
 
     def where(self, *key: str) -> str:
         """The file:line a key was set at, for error messages raised after loading."""

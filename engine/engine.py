@@ -1,4 +1,4 @@
-"""The engine: one object that owns the registry and the embedding service, started once."""
+"""The engine: one object that owns the registry, the embedding service and the indexes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 from engine.config import Config, load_config
 from engine.embedding import EmbeddingService
+from engine.index import IndexManager
 from engine.models import ModelRegistry
 
 
@@ -19,6 +20,7 @@ class Engine:
         self.embeddings = EmbeddingService(
             self.registry, self.config.embedding, self.data_dir / "cache" / "embeddings"
         )
+        self.indexes = IndexManager(self.config, self.embeddings)
 
     async def start(self) -> Engine:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -26,6 +28,7 @@ class Engine:
         return self
 
     async def stop(self) -> None:
+        self.indexes.close()
         await self.embeddings.stop()
 
     async def __aenter__(self) -> Engine:

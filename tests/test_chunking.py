@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def check_invariants(source: str, chunks: list[Chunk], chunker: Chunker, tok: To
         assert chunk.text == chunk.text.strip()
         assert 0 < chunk.n_tokens <= chunker.max_tokens
         assert chunk.n_tokens == count(tok, chunk.text)
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in pairwise(chunks):
         assert before.start < after.start < before.end < after.end or (
             chunker.overlap_tokens == 0 and before.end <= after.start
         )
@@ -68,7 +69,7 @@ def test_scifact_abstracts_invariants(tokenizer: Tokenizer, scifact_texts: list[
         check_invariants(text, chunks, chunker, tokenizer)
         if len(chunks) > 1:
             multi += 1
-            for before, after in zip(chunks, chunks[1:], strict=False):
+            for before, after in pairwise(chunks):
                 overlaps.append(count(tokenizer, text[after.start : before.end]))
     assert multi > 150
     assert max(overlaps) <= 16 + 2
@@ -121,7 +122,7 @@ def test_prefers_sentence_boundaries_and_whole_sentence_overlap(tokenizer: Token
     pattern = re.compile(r"^(Sentence number \d+ is short\.\s*)+$")
     for chunk in chunks:
         assert pattern.match(chunk.text), chunk.text
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in pairwise(chunks):
         shared = source[after.start : before.end]
         assert pattern.match(shared)
         assert 8 <= count(tokenizer, shared) <= 20
@@ -176,7 +177,7 @@ def test_configuration_errors_and_tokenizer_copy(tokenizer: Tokenizer, minilm_di
         Chunker.from_model_dir(minilm_dir, max_tokens=300)
     default = Chunker.from_model_dir(minilm_dir)
     assert default.max_tokens == 254
-    with pytest.raises(ValueError, match="has no tokenizer.json"):
+    with pytest.raises(ValueError, match=r"has no tokenizer\.json"):
         Chunker.from_model_dir(minilm_dir / "1_Pooling")
     before = tokenizer.truncation
     long_text = "word " * 400

@@ -292,7 +292,7 @@ def test_csv_custom_columns(tmp_path: Path) -> None:
 def test_bad_file_reasons(tmp_path: Path) -> None:
     binary = write(tmp_path / "blob.txt", b"abc\x00def")
     assert reason(binary, tmp_path) == "binary file (NUL bytes in first 8 KiB)"
-    latin = write(tmp_path / "latin.md", "caf".encode() + "é".encode("latin-1") + b" ok")
+    latin = write(tmp_path / "latin.md", b"caf" + "é".encode("latin-1") + b" ok")
     assert reason(latin, tmp_path) == "not valid UTF-8 at byte 3 (re-save the file as UTF-8)"
     utf16 = write(tmp_path / "wide.txt", "hello".encode("utf-16"))
     assert "UTF-16" in reason(utf16, tmp_path)

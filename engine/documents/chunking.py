@@ -19,7 +19,6 @@ from tokenizers import Encoding, Tokenizer
 _PARAGRAPH = 3
 _SENTENCE = 2
 _WORD = 1
-_INSIDE_WORD = 0
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\f\v]*\n\s*")
 _SENTENCE_BREAK = re.compile(r"[.!?][\"'”’)\]]*\s+|[。！？]\s*|\n\s*")

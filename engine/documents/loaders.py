@@ -69,7 +69,6 @@ class LoadedDocument:
 
 @dataclass(slots=True)
 class _FileInfo:
-    path: Path
     rel: str
     doc_type: str
     size: int
@@ -149,7 +148,7 @@ def _file_info(path: Path, root: Path) -> _FileInfo:
         except ValueError:
             raise DocumentError(path, f"not inside the indexed folder {root}") from None
     doc_type = TYPE_BY_SUFFIX.get(path.suffix.lower(), "text")
-    return _FileInfo(path, rel, doc_type, stat.st_size, stat.st_mtime)
+    return _FileInfo(rel, doc_type, stat.st_size, stat.st_mtime)
 
 
 def _os_reason(exc: OSError) -> str:

@@ -6,6 +6,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,8 @@ class EmbeddingModel(ABC):
 
     name: str
     kind: str
+    # The model's folder on disk, where its tokenizer lives; None for remote models.
+    folder: Path | None = None
 
     @property
     @abstractmethod

@@ -47,6 +47,7 @@ class SentenceTransformerModel(EmbeddingModel):
     ) -> None:
         self.name = name
         self._location = location
+        self.folder = location
         self._fingerprint = fingerprint
         self._requested_device = device
         self._trust_remote_code = trust_remote_code

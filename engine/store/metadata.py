@@ -56,6 +56,7 @@ _SQLITE_IOERR_SHORT_READ = 522
 _PAGE = 500
 
 _TOKEN_RE = re.compile(r"[^\W_]+")
+_SPACE_RE = re.compile(r"\s+")
 # Ignored when picking and marking snippet words (unless the query has nothing else).
 _STOPWORD_TEXT = (
     "a an and are as at be but by can do does for from had has have how i if in into is it its "
@@ -179,6 +180,8 @@ class ChunkIn:
 
 @dataclass(frozen=True, slots=True)
 class DocumentRow:
+    """A stored document as the index layer and the TUI document view need it."""
+
     id: int
     key: str
     path: str
@@ -195,6 +198,8 @@ class DocumentRow:
 
 @dataclass(frozen=True, slots=True)
 class ChunkRow:
+    """A chunk joined with its document: everything a result list shows, in one query."""
+
     id: int
     doc_id: int
     doc_key: str
@@ -273,11 +278,11 @@ def _window(text: str, matches: Sequence[tuple[int, int, int]], width: int) -> t
     end = min(len(text), max(0, first - slack // 3) + width)
     start = max(0, end - width)
     if start > 0 and not text[start - 1].isspace():
-        space = text.find(" ", start, first)
-        start = space + 1 if space != -1 else start
+        gap = _SPACE_RE.search(text, start, max(start, first))
+        start = gap.end() if gap else start
     if end < len(text) and not text[end].isspace():
-        space = text.rfind(" ", max(start, last), end)
-        end = space if space > start else end
+        gaps = list(_SPACE_RE.finditer(text, max(start, last), end))
+        end = gaps[-1].start() if gaps and gaps[-1].start() > start else end
     return start, end
 
 
@@ -460,6 +465,21 @@ class MetadataStore:
             )
         return removed
 
+    def set_file_hash(self, keys: Iterable[str], file_hash: str) -> None:
+        """Record that unchanged documents were seen in a file with new bytes, so the next run
+        skips that file without parsing it."""
+        wanted = json.dumps(list(keys))
+        with self.transaction(), self._locked() as conn:
+            conn.execute(
+                "UPDATE documents SET file_hash = ? WHERE key IN (SELECT value FROM json_each(?))",
+                (file_hash, wanted),
+            )
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the main file, so a copy of the file alone is whole."""
+        with self._locked() as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable value (the manifest, small state)."""
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
@@ -500,29 +520,31 @@ class MetadataStore:
         return [r[0] for r in rows]
 
     def get_document(self, key_or_id: str | int) -> DocumentRow | None:
-        column = "id" if isinstance(key_or_id, int) else "key"
+        """A document by key (str) or by id (any integer, numpy included)."""
+        if isinstance(key_or_id, str):
+            where, value = "d.key = ?", key_or_id
+        else:
+            where, value = "d.id = ?", int(key_or_id)
         with self._locked() as conn:
-            row = conn.execute(
-                f"SELECT {_DOC_COLUMNS} FROM documents d WHERE d.{column} = ?", (key_or_id,)
-            ).fetchone()
-        return None if row is None else _document_row(row)
+            row = conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents d WHERE {where}", (value,))
+            found = row.fetchone()
+        return None if found is None else _document_row(found)
 
     def iter_documents(self) -> Iterator[DocumentRow]:
         """All documents by key, fetched in pages so the lock is never held across yields."""
-        last = ""
-        first = True
+        last = ""  # keys are never empty, so "" sorts before all of them
         while True:
             with self._locked() as conn:
                 rows = conn.execute(
-                    f"SELECT {_DOC_COLUMNS} FROM documents d WHERE d.key > ? OR ? "
-                    "ORDER BY d.key LIMIT ?",
-                    (last, first, _PAGE),
+                    f"SELECT {_DOC_COLUMNS} FROM documents d WHERE d.key > ? ORDER BY d.key "
+                    "LIMIT ?",
+                    (last, _PAGE),
                 ).fetchall()
             if not rows:
                 return
             for row in rows:
                 yield _document_row(row)
-            last, first = rows[-1][1], False
+            last = rows[-1][1]
 
     # -- chunks ----------------------------------------------------------------------------
 

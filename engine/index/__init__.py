@@ -1,0 +1,35 @@
+"""Persistent corpus indexes: pipeline, SQLite + FAISS storage, retrieval, repair and snapshots.
+
+Importing this package does not import faiss; opening or creating an index does.
+"""
+
+from engine.index.corpus import CorpusIndex, IndexStats
+from engine.index.errors import (
+    CorpusIndexError,
+    IndexCorruptError,
+    IndexModelMismatchError,
+    IndexNotFoundError,
+    IndexSourceError,
+    IndexVersionError,
+)
+from engine.index.manager import IndexManager
+from engine.index.progress import CancelToken, FileFailure, IndexProgress, IndexReport
+from engine.index.search import MODES, SearchHit
+
+__all__ = [
+    "MODES",
+    "CancelToken",
+    "CorpusIndex",
+    "CorpusIndexError",
+    "FileFailure",
+    "IndexCorruptError",
+    "IndexManager",
+    "IndexModelMismatchError",
+    "IndexNotFoundError",
+    "IndexProgress",
+    "IndexReport",
+    "IndexSourceError",
+    "IndexStats",
+    "IndexVersionError",
+    "SearchHit",
+]

@@ -1,0 +1,702 @@
+"""A named, persistent corpus index: SQLite is the source of truth, FAISS holds the vectors.
+
+Crash safety comes from ordering, not locks: a document and its chunks commit to SQLite in one
+transaction, vectors follow, and on every open the two are reconciled (ids only in FAISS are
+removed, ids only in SQLite are re-embedded from the cache). A SIGKILL at any moment therefore
+leaves an index that opens, agrees with itself, and completes on the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.config import Config
+from engine.documents import (
+    Chunker,
+    DocumentError,
+    LoadedDocument,
+    discover,
+    file_fingerprint,
+    load_file,
+    page_for_offset,
+)
+from engine.embedding import EmbeddingService
+from engine.fsutil import atomic_write_bytes
+from engine.index.errors import (
+    IndexCorruptError,
+    IndexModelMismatchError,
+    IndexNotFoundError,
+    IndexSourceError,
+    IndexVersionError,
+)
+from engine.index.progress import CancelToken, FileFailure, IndexProgress, IndexReport
+from engine.index.search import SearchHit, check_mode, reciprocal_rank_fusion
+from engine.models import EmbeddingModel
+from engine.store import (
+    ChunkIn,
+    ChunkRow,
+    DocumentIn,
+    DocumentRow,
+    MetadataStore,
+    StoreCorruptError,
+    StoreVersionError,
+    parse_filters,
+    split_filter_text,
+)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DATABASE = "meta.sqlite"
+VECTORS = "vectors.esvs"
+# Chunks embedded per group: big enough for full model batches, small enough that progress and
+# cancellation stay responsive and a crash loses little work.
+GROUP_CHUNKS = 256
+SAVE_EVERY_S = 5.0
+# Over-fetch factor for hybrid search: each ranking contributes this many times k candidates.
+HYBRID_DEPTH = 4
+
+ProgressFn = Callable[[IndexProgress], None]
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    name: str
+    model: str
+    dimension: int
+    index_type: str
+    documents: int
+    chunks: int
+    bytes_on_disk: int
+    last_indexed: float | None
+    path: Path
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "path": str(self.path)}
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*") if f.is_file())
+
+
+def read_manifest(folder: Path, name: str) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise IndexNotFoundError(
+            f"no index named '{name}' (looked for {path}); create it with "
+            f"`embedscope index PATH --name {name}`"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("format_version"), int):
+            raise ValueError("not an embedscope manifest")
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(
+            f"index '{name}': manifest {path} is damaged ({exc}); run `embedscope repair {name}`"
+        ) from exc
+    if data["format_version"] > FORMAT_VERSION:
+        raise IndexVersionError(
+            f"index '{name}' has format version {data['format_version']}, but this embedscope "
+            f"reads up to {FORMAT_VERSION}; upgrade embedscope, or `embedscope rm-index {name}` "
+            "and re-index"
+        )
+    return data
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
+
+
+def new_vector_store(config: Config, dim: int, index_type: str) -> Any:
+    from engine.store.faiss_store import FaissVectorStore
+
+    opts = config.index
+    return FaissVectorStore(
+        dim,
+        index_type,
+        hnsw_m=opts["hnsw_m"],
+        hnsw_ef_search=opts["hnsw_ef_search"],
+        hnsw_ef_construction=opts["hnsw_ef_construction"],
+        ivf_nprobe=opts["ivf_nprobe"],
+        auto_hnsw_threshold=opts["auto_hnsw_threshold"],
+    )
+
+
+def relative_key_path(file: Path, source: Path) -> str:
+    """The `path` a loader gives a file: relative to the indexed folder (or the file's name)."""
+    if source.is_file():
+        return file.name
+    return file.resolve().relative_to(source.resolve()).as_posix()
+
+
+@dataclass
+class _Pending:
+    doc: LoadedDocument
+    chunks: list[ChunkIn]
+    file_hash: str
+
+
+@dataclass
+class _Prepared:
+    """One file after loading: what to embed, what is unchanged, what to delete."""
+
+    rel: str
+    to_embed: list[_Pending]
+    unchanged: list[str]
+    stale: list[str]
+    file_hash: str
+    failure: FileFailure | None = None
+
+
+class CorpusIndex:
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        config: Config,
+        service: EmbeddingService,
+        model: EmbeddingModel,
+        manifest: dict[str, Any],
+        store: MetadataStore,
+        vectors: Any,
+    ) -> None:
+        self.name = name
+        self.folder = folder
+        self.config = config
+        self.service = service
+        self.model = model
+        self.manifest = manifest
+        self.store = store
+        self.vectors = vectors
+        self._chunker: Chunker | None = None
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return str(self.manifest["model"])
+
+    @property
+    def index_type(self) -> str:
+        return str(self.manifest["index_type"])
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls,
+        name: str,
+        folder: Path,
+        config: Config,
+        service: EmbeddingService,
+        model_name: str | None = None,
+        index_type: str | None = None,
+    ) -> CorpusIndex:
+        model = await service.model(model_name)
+        index_type = index_type or config.index["type"]
+        vectors = await asyncio.to_thread(new_vector_store, config, model.dimension, index_type)
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "model": model.name,
+            "fingerprint": model.fingerprint.to_dict(),
+            "dimension": model.dimension,
+            "index_type": index_type,
+            "chunk_tokens": config.index["chunk_tokens"],
+            "chunk_overlap": config.index["chunk_overlap"],
+            "source": None,
+            "documents": 0,
+            "chunks": 0,
+            "created": time.time(),
+            "last_indexed": None,
+        }
+        store = await asyncio.to_thread(MetadataStore, folder / DATABASE, name=name)
+        store.set_manifest(manifest)
+        await asyncio.to_thread(vectors.save, folder / VECTORS)
+        write_manifest(folder, manifest)
+        return cls(name, folder, config, service, model, manifest, store, vectors)
+
+    @classmethod
+    async def open(
+        cls,
+        name: str,
+        folder: Path,
+        config: Config,
+        service: EmbeddingService,
+        model_name: str | None = None,
+    ) -> CorpusIndex:
+        manifest = read_manifest(folder, name)
+        built_with = manifest["model"]
+        if model_name and model_name != built_with:
+            raise IndexModelMismatchError(
+                f"index '{name}' was built with model '{built_with}', not '{model_name}'; "
+                f"search it with --model {built_with} (or no --model), or rebuild it: "
+                f"`embedscope rm-index {name}` then `embedscope index PATH --name {name} "
+                f"--model {model_name}`"
+            )
+        model = await service.model(built_with)
+        if model.fingerprint.digest != manifest["fingerprint"].get("digest"):
+            raise IndexModelMismatchError(
+                f"index '{name}' was built with different weights or settings of model "
+                f"'{built_with}' than those installed now; re-embed it with "
+                f"`embedscope repair {name}`"
+            )
+        store = await asyncio.to_thread(_open_store, folder, name)
+        try:
+            vectors = await asyncio.to_thread(_open_vectors, folder, name, config, manifest)
+        except BaseException:
+            store.close()
+            raise
+        index = cls(name, folder, config, service, model, manifest, store, vectors)
+        await index.reconcile()
+        return index
+
+    def close(self) -> None:
+        self.store.close()
+
+    async def reconcile(self) -> tuple[int, int]:
+        """Make FAISS hold exactly SQLite's chunk ids: (vectors added, vectors removed)."""
+        sql_ids = await asyncio.to_thread(self.store.chunk_ids)
+        vec_ids = self.vectors.ids()
+        extra = np.setdiff1d(vec_ids, sql_ids)
+        missing = np.setdiff1d(sql_ids, vec_ids)
+        if extra.size:
+            self.vectors.remove(extra)
+        for start in range(0, missing.size, 1024):
+            batch = missing[start : start + 1024]
+            texts = await asyncio.to_thread(self.store.chunk_texts, batch)
+            vecs = await self.service.encode(texts, self.model_name)
+            self.vectors.add(batch, vecs)
+        if extra.size or missing.size:
+            await asyncio.to_thread(self.vectors.save, self.folder / VECTORS)
+        return int(missing.size), int(extra.size)
+
+    def _chunker_for(self) -> Chunker:
+        if self._chunker is None:
+            if self.model.folder is None:
+                raise IndexSourceError(f"model '{self.model_name}' has no local tokenizer")
+            self._chunker = Chunker.from_model_dir(
+                self.model.folder,
+                max_tokens=self.manifest.get("chunk_tokens"),
+                overlap_tokens=self.manifest.get("chunk_overlap", 32),
+            )
+        return self._chunker
+
+    # -- indexing ----------------------------------------------------------------------------
+
+    async def index_path(
+        self,
+        paths: Sequence[Path],
+        *,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+    ) -> IndexReport:
+        """Bring the index in line with one folder or file: unchanged files cost no model call,
+        changed ones replace their chunks, removed ones leave the index; bad files are reported
+        and skipped."""
+        if len(paths) != 1:
+            raise IndexSourceError("index one folder or file at a time")
+        source = Path(paths[0]).expanduser().resolve()
+        known = self.manifest.get("source")
+        if known and Path(known) != source:
+            raise IndexSourceError(
+                f"index '{self.name}' covers {known}, not {source}; use another name "
+                f"(`--name NEW`) for a second corpus"
+            )
+        if not source.exists():
+            raise IndexSourceError(f"{source} does not exist")
+        async with self._write_lock:
+            return await self._index(source, include, exclude, progress, cancel or CancelToken())
+
+    async def _index(
+        self,
+        source: Path,
+        include: Sequence[str],
+        exclude: Sequence[str],
+        progress: ProgressFn | None,
+        cancel: CancelToken,
+    ) -> IndexReport:
+        started = time.perf_counter()
+        report = IndexReport()
+        docs_cfg = self.config.documents
+        include = list(include) or docs_cfg["include"]
+        exclude = list(exclude) or docs_cfg["exclude"]
+        files = await asyncio.to_thread(discover, [source], include, exclude)
+        by_path: dict[str, dict[str, DocumentRow]] = {}
+        for row in await asyncio.to_thread(lambda: list(self.store.iter_documents())):
+            by_path.setdefault(row.path, {})[row.key] = row
+        batches_before = self._model_batches()
+        state = {"files": 0, "chunks": 0, "tokens": 0}
+
+        def emit(phase: str, current: str = "") -> None:
+            if progress is None:
+                return
+            elapsed = max(time.perf_counter() - started, 1e-6)
+            done = state["files"]
+            eta = (len(files) - done) * elapsed / done if done else None
+            progress(
+                IndexProgress(
+                    phase=phase,
+                    files_total=len(files),
+                    files_done=done,
+                    chunks_done=state["chunks"],
+                    tokens=state["tokens"],
+                    chunks_per_s=state["chunks"] / elapsed,
+                    eta_s=eta,
+                    current=current,
+                )
+            )
+
+        emit("scanning")
+        group: list[_Pending] = []
+        in_flight: asyncio.Task[None] | None = None
+        last_save = time.monotonic()
+        seen: set[str] = set()
+
+        async def flush(items: list[_Pending]) -> None:
+            nonlocal last_save
+            texts = [c.text for item in items for c in item.chunks]
+            vecs = await self.service.encode(texts, self.model_name) if texts else None
+            await asyncio.to_thread(self._commit, items, vecs)
+            state["chunks"] += len(texts)
+            state["tokens"] += sum(c.n_tokens for item in items for c in item.chunks)
+            report.chunks_embedded += len(texts)
+            if time.monotonic() - last_save > SAVE_EVERY_S:
+                await asyncio.to_thread(self._save)
+                last_save = time.monotonic()
+            emit("indexing", items[-1].doc.path if items else "")
+
+        try:
+            for file in files:
+                if cancel.cancelled:
+                    report.cancelled = True
+                    break
+                rel = relative_key_path(file, source)
+                seen.add(rel)
+                prepared = await asyncio.to_thread(
+                    self._prepare, file, source, rel, by_path.get(rel, {})
+                )
+                state["files"] += 1
+                if prepared.failure is not None:
+                    report.failed.append(prepared.failure)
+                    emit("indexing", rel)
+                    continue
+                report.unchanged += len(prepared.unchanged)
+                if prepared.unchanged:
+                    await asyncio.to_thread(
+                        self.store.set_file_hash, prepared.unchanged, prepared.file_hash
+                    )
+                if prepared.stale:
+                    await self._delete(prepared.stale)
+                    report.removed += len(prepared.stale)
+                for pending in prepared.to_embed:
+                    if pending.doc.key in by_path.get(rel, {}):
+                        report.updated += 1
+                    else:
+                        report.added += 1
+                group.extend(prepared.to_embed)
+                if sum(len(p.chunks) for p in group) >= GROUP_CHUNKS:
+                    if in_flight is not None:
+                        await in_flight
+                    in_flight = asyncio.create_task(flush(group))
+                    group = []
+                elif not prepared.to_embed:
+                    emit("indexing", rel)
+            if in_flight is not None:
+                await in_flight
+                in_flight = None
+            if group:
+                await flush(group)
+            if not report.cancelled:
+                gone = [key for path, rows in by_path.items() if path not in seen for key in rows]
+                if gone:
+                    emit("removing")
+                    await self._delete(gone)
+                    report.removed += len(gone)
+        finally:
+            if in_flight is not None:
+                in_flight.cancel()
+            emit("saving")
+            await asyncio.to_thread(self._save, source, report.cancelled)
+        report.model_calls = self._model_batches() - batches_before
+        report.seconds = time.perf_counter() - started
+        emit("done")
+        return report
+
+    def _model_batches(self) -> int:
+        return int(self.service.metrics.snapshot().get(self.model_name, {}).get("batches", 0))
+
+    def _prepare(
+        self, file: Path, source: Path, rel: str, existing: dict[str, DocumentRow]
+    ) -> _Prepared:
+        """Runs in a thread: hash, and only if the file changed, load and chunk it."""
+        try:
+            fingerprint = file_fingerprint(file)
+        except OSError as exc:
+            return _Prepared(rel, [], [], [], "", FileFailure(rel, f"cannot read: {exc}"))
+        if existing and all(row.file_hash == fingerprint for row in existing.values()):
+            return _Prepared(rel, [], [], [], fingerprint)
+        docs_cfg = self.config.documents
+        try:
+            docs = load_file(
+                file,
+                source,
+                max_bytes=int(docs_cfg["max_file_mb"] * 1024 * 1024),
+                csv_text_column=docs_cfg["csv_text_column"],
+                csv_id_column=docs_cfg["csv_id_column"],
+                csv_title_column=docs_cfg["csv_title_column"],
+            )
+        except DocumentError as exc:
+            return _Prepared(rel, [], [], [], fingerprint, FileFailure(rel, exc.reason))
+        changed = [
+            d
+            for d in docs
+            if d.key not in existing or existing[d.key].content_hash != d.content_hash
+        ]
+        chunker = self._chunker_for()
+        chunked = chunker.chunk_many([d.text for d in changed])
+        to_embed = []
+        for doc, chunks in zip(changed, chunked, strict=True):
+            rows = [
+                ChunkIn(
+                    ordinal=c.ordinal,
+                    text=c.text,
+                    start=c.start,
+                    end=c.end,
+                    n_tokens=c.n_tokens,
+                    page=page_for_offset(doc.pages, c.start) if doc.pages else None,
+                )
+                for c in chunks
+                if c.text.strip()
+            ]
+            to_embed.append(_Pending(doc, rows, fingerprint))
+        loaded = {d.key for d in docs}
+        changed_keys = {d.key for d in changed}
+        unchanged = [d.key for d in docs if d.key not in changed_keys]
+        stale = [key for key in existing if key not in loaded]
+        return _Prepared(rel, to_embed, unchanged, stale, fingerprint)
+
+    def _commit(self, items: list[_Pending], vecs: np.ndarray | None) -> None:
+        """SQLite first (one transaction), then FAISS: a crash in between is reconciled."""
+        new_ids: list[int] = []
+        removed: list[int] = []
+        with self.store.transaction():
+            for item in items:
+                doc_in = _document_in(item.doc, item.file_hash)
+                _, ids, old = self.store.replace_document(doc_in, item.chunks)
+                new_ids.extend(ids)
+                removed.extend(old)
+        if removed:
+            self.vectors.remove(np.asarray(removed, dtype=np.int64))
+        if new_ids and vecs is not None:
+            self.vectors.add(np.asarray(new_ids, dtype=np.int64), vecs)
+
+    async def _delete(self, keys: list[str]) -> None:
+        removed = await asyncio.to_thread(self.store.delete_documents, keys)
+        if removed:
+            self.vectors.remove(np.asarray(removed, dtype=np.int64))
+
+    def _save(self, source: Path | None = None, cancelled: bool = False) -> None:
+        self.vectors.save(self.folder / VECTORS)
+        if source is None:
+            return
+        stats = self.store.stats()
+        self.manifest.update(
+            source=str(source),
+            documents=stats["documents"],
+            chunks=stats["chunks"],
+            last_indexed=time.time(),
+            complete=not cancelled,
+        )
+        self.store.set_manifest(self.manifest)
+        write_manifest(self.folder, self.manifest)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def stats(self) -> IndexStats:
+        db = self.store.stats()
+        return IndexStats(
+            name=self.name,
+            model=self.model_name,
+            dimension=int(self.manifest["dimension"]),
+            index_type=self.index_type,
+            documents=db["documents"],
+            chunks=db["chunks"],
+            bytes_on_disk=folder_bytes(self.folder),
+            last_indexed=self.manifest.get("last_indexed"),
+            path=self.folder,
+            source=self.manifest.get("source"),
+        )
+
+    def document(self, key: str) -> DocumentRow | None:
+        return self.store.get_document(key)
+
+    def chunk_context(self, chunk_id: int) -> tuple[ChunkRow, list[ChunkRow]]:
+        """A chunk and all chunks of its document in order, for the detail view."""
+        rows = self.store.chunks_by_ids([chunk_id])
+        if not rows:
+            raise KeyError(f"no chunk {chunk_id} in index '{self.name}'")
+        siblings = self.store.chunks_by_ids(self.store.chunks_of_document(rows[0].doc_key))
+        return rows[0], siblings
+
+    def _candidates(self, filters: Sequence[str] | str | None) -> np.ndarray | None:
+        if not filters:
+            return None
+        items = split_filter_text(filters) if isinstance(filters, str) else list(filters)
+        if not items:
+            return None
+        return self.store.filter_chunk_ids(parse_filters(items))
+
+    async def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        filters: Sequence[str] | str | None = None,
+        mode: str = "hybrid",
+    ) -> list[SearchHit]:
+        mode = check_mode(mode)
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("the query is empty; type some words to search for")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        candidates = await asyncio.to_thread(self._candidates, filters)
+        if candidates is not None and candidates.size == 0:
+            return []
+        depth = k if mode != "hybrid" else k * HYBRID_DEPTH
+        ranked: list[tuple[int, float]]
+        vector_ranking: list[tuple[int, float]] = []
+        keyword_ranking: list[tuple[int, float]] = []
+        if mode in ("vector", "hybrid"):
+            qvec = await self.service.encode([query], self.model_name)
+            vector_ranking = await asyncio.to_thread(self._vector_search, qvec, depth, candidates)
+        if mode in ("keyword", "hybrid"):
+            keyword_ranking = await asyncio.to_thread(
+                self.store.keyword_search, query, depth, candidates
+            )
+        if mode == "vector":
+            ranked = vector_ranking
+        elif mode == "keyword":
+            ranked = keyword_ranking
+        else:
+            ranked = reciprocal_rank_fusion(
+                [[i for i, _ in vector_ranking], [i for i, _ in keyword_ranking]],
+                k,
+                self.config.index["rrf_k"],
+            )
+        return await asyncio.to_thread(self._hits, ranked[:k], query)
+
+    def _vector_search(
+        self, qvec: np.ndarray, k: int, candidates: np.ndarray | None
+    ) -> list[tuple[int, float]]:
+        scores, ids = self.vectors.search(qvec, k, candidates)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1]
+
+    def _hits(self, ranked: list[tuple[int, float]], query: str) -> list[SearchHit]:
+        rows = {r.id: r for r in self.store.chunks_by_ids([i for i, _ in ranked])}
+        hits = []
+        for chunk_id, score in ranked:
+            row = rows.get(chunk_id)
+            if row is None:
+                continue
+            snippet, spans = self.store.snippet(chunk_id, query)
+            hits.append(
+                SearchHit(
+                    rank=len(hits) + 1,
+                    score=round(score, 6),
+                    chunk_id=chunk_id,
+                    doc_key=row.doc_key,
+                    title=row.title,
+                    path=row.path,
+                    snippet=snippet,
+                    highlights=spans,
+                    text=row.text,
+                    page=row.page,
+                    metadata=row.metadata,
+                )
+            )
+        return hits
+
+    async def more_like_this(
+        self, target: str | int, k: int = 10, *, filters: Sequence[str] | str | None = None
+    ) -> list[SearchHit]:
+        """Neighbours of a document (its mean chunk vector) or a chunk, from the stored vectors
+        alone (no model call); the source document itself is left out."""
+        if isinstance(target, str):
+            own = await asyncio.to_thread(self.store.chunks_of_document, target)
+            if not own:
+                raise KeyError(f"no document '{target}' in index '{self.name}'")
+        else:
+            rows = await asyncio.to_thread(self.store.chunks_by_ids, [int(target)])
+            if not rows:
+                raise KeyError(f"no chunk {target} in index '{self.name}'")
+            own = await asyncio.to_thread(self.store.chunks_of_document, rows[0].doc_key)
+        source_ids = np.asarray(own if isinstance(target, str) else [int(target)], dtype=np.int64)
+        vec = self.vectors.fetch(source_ids).mean(axis=0, keepdims=True)
+        vec /= max(float(np.linalg.norm(vec)), 1e-12)
+        candidates = await asyncio.to_thread(self._candidates, filters)
+        own_ids = np.asarray(own, dtype=np.int64)
+        query = vec.astype(np.float32)
+        if candidates is not None:
+            candidates = np.setdiff1d(candidates, own_ids)
+            if candidates.size == 0:
+                return []
+            ranked = await asyncio.to_thread(self._vector_search, query, k, candidates)
+        else:
+            skip = set(own)
+            found = await asyncio.to_thread(self._vector_search, query, k + len(skip), None)
+            ranked = [(i, s) for i, s in found if i not in skip][:k]
+        return await asyncio.to_thread(self._hits, ranked, "")
+
+
+def _document_in(doc: LoadedDocument, file_hash: str) -> DocumentIn:
+    return DocumentIn(
+        key=doc.key,
+        path=doc.path,
+        title=doc.title,
+        doc_type=doc.doc_type,
+        size=doc.size,
+        mtime=doc.mtime,
+        content_hash=doc.content_hash,
+        file_hash=file_hash,
+        metadata=doc.metadata,
+    )
+
+
+def _open_store(folder: Path, name: str) -> MetadataStore:
+    path = folder / DATABASE
+    if not path.is_file():
+        raise IndexCorruptError(
+            f"index '{name}': its database {path} is missing; run `embedscope repair {name}`"
+        )
+    try:
+        return MetadataStore(path, name=name)
+    except StoreCorruptError as exc:
+        raise IndexCorruptError(str(exc)) from exc
+    except StoreVersionError as exc:
+        raise IndexVersionError(str(exc)) from exc
+
+
+def _open_vectors(folder: Path, name: str, config: Config, manifest: dict[str, Any]) -> Any:
+    from engine.store.faiss_store import FaissVectorStore
+    from engine.store.vector_base import VectorStoreCorruptError, VectorStoreVersionError
+
+    path = folder / VECTORS
+    if not path.is_file():
+        return new_vector_store(config, int(manifest["dimension"]), manifest["index_type"])
+    try:
+        return FaissVectorStore.open(path, name=name)
+    except VectorStoreCorruptError as exc:
+        raise IndexCorruptError(str(exc)) from exc
+    except VectorStoreVersionError as exc:
+        raise IndexVersionError(str(exc)) from exc

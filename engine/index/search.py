@@ -1,0 +1,48 @@
+"""Search results and the fusion of vector and keyword rankings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Mode = Literal["vector", "keyword", "hybrid"]
+MODES: tuple[Mode, ...] = ("vector", "keyword", "hybrid")
+
+
+@dataclass
+class SearchHit:
+    rank: int
+    score: float
+    chunk_id: int
+    doc_key: str
+    title: str
+    path: str
+    snippet: str
+    # (start, end) spans of matched query terms inside `snippet`.
+    highlights: list[tuple[int, int]]
+    text: str
+    page: int | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_mode(mode: str) -> Mode:
+    if mode not in MODES:
+        raise ValueError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}")
+    return mode  # type: ignore[return-value]
+
+
+def reciprocal_rank_fusion(
+    rankings: Sequence[Sequence[int]], k: int, rrf_k: int = 60
+) -> list[tuple[int, float]]:
+    """Fuse ranked id lists by 1/(rrf_k + rank): robust to the incomparable score scales of
+    BM25 and cosine, which is why hybrid search uses ranks, not scores."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (rrf_k + rank)
+    fused = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    return fused[:k]

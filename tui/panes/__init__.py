@@ -1,0 +1,1 @@
+"""The app's panes: Search, Index, Compare and Metrics, each with its .tcss beside it."""

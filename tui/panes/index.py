@@ -1,0 +1,269 @@
+"""Build and switch indexes: pick a folder, model and index type; watch progress; cancel."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import (
+    Button,
+    DataTable,
+    DirectoryTree,
+    Input,
+    Label,
+    ProgressBar,
+    Select,
+    Static,
+)
+
+from tui.keys import INDEX_BINDINGS
+from tui.messages import IndexFinished, IndexOpened, IndexProgressed
+from tui.panes.base import Pane
+from tui.widgets.paths import FolderSuggester
+
+if TYPE_CHECKING:
+    from engine.index import CancelToken, CorpusIndex, IndexStats
+
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def describe_stats(stats: IndexStats, frozen: bool) -> str:
+    when = "never"
+    if stats.last_indexed:
+        when = "—" if frozen else time.strftime("%Y-%m-%d %H:%M", time.localtime(stats.last_indexed))
+    return (
+        f"[b]{stats.name}[/b]  model [b]{stats.model}[/b] ({stats.dimension} dims, "
+        f"{stats.index_type})\n"
+        f"{stats.documents} documents · {stats.chunks} chunks · "
+        f"{'—' if frozen else human_bytes(stats.bytes_on_disk)} on disk · last indexed {when}\n"
+        f"[dim]{stats.path}[/dim]"
+    )
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class IndexPane(Pane):
+    title = "Index"
+    BINDINGS = INDEX_BINDINGS
+
+    def __init__(self) -> None:
+        super().__init__(id="index-pane")
+        self._token: CancelToken | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="index-top"):
+            with Vertical(id="index-form"):
+                yield Label("Open index")
+                yield Select([], prompt="(no indexes yet)", id="index-select")
+                yield Label("Index name")
+                yield Input(placeholder="e.g. notes", id="index-name")
+                yield Label("Folder to index")
+                yield Input(
+                    placeholder="path/to/folder", id="folder", suggester=FolderSuggester()
+                )
+                yield DirectoryTree(".", id="folder-tree")
+                with Horizontal(classes="row"):
+                    with Vertical():
+                        yield Label("Model")
+                        yield Select([], prompt="(loading)", id="model")
+                    with Vertical():
+                        yield Label("Index type")
+                        yield Select(
+                            [(t, t) for t in INDEX_TYPES], value="auto", allow_blank=False,
+                            id="index-type",
+                        )
+                with Horizontal(classes="row buttons"):
+                    yield Button("Start  ^g", id="start", variant="primary")
+                    yield Button("Cancel  esc", id="cancel", variant="error", disabled=True)
+            with Vertical(id="index-status"):
+                yield Static("No index open.", id="index-stats")
+                yield ProgressBar(id="progress", show_eta=False)
+                yield Static("Idle.", id="progress-line")
+                yield Label("Skipped files")
+                yield DataTable(id="skipped", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#folder-tree", DirectoryTree).display = False
+        table = self.query_one("#skipped", DataTable)
+        table.add_column("File", key="path", width=40)
+        table.add_column("Reason", key="reason")
+
+    @property
+    def running(self) -> bool:
+        return self._token is not None
+
+    def set_models(self, names: list[str], default: str) -> None:
+        select = self.query_one("#model", Select)
+        select.set_options([(n, n) for n in names])
+        if default in names:
+            select.value = default
+
+    def set_index_names(self, names: list[str], current: str | None) -> None:
+        select = self.query_one("#index-select", Select)
+        with self.prevent(Select.Changed):
+            select.set_options([(n, n) for n in names])
+            if current in names:
+                select.value = current
+
+    def show_index(self, index: CorpusIndex) -> None:
+        stats = index.stats()
+        self.query_one("#index-stats", Static).update(describe_stats(stats, self.embedscope.frozen))
+        name_box = self.query_one("#index-name", Input)
+        if not name_box.value:
+            name_box.value = index.name
+        model = self.query_one("#model", Select)
+        if stats.model in [str(v) for _, v in model._options if v is not Select.BLANK]:
+            model.value = stats.model
+
+    @on(Select.Changed, "#index-select")
+    def _switch(self, event: Select.Changed) -> None:
+        if event.value is not Select.BLANK and not self.running:
+            self.query_one("#index-name", Input).value = str(event.value)
+            self.switch_index(str(event.value))
+
+    @work(exclusive=True, group="index-open", exit_on_error=False)
+    async def switch_index(self, name: str) -> None:
+        engine = self.embedscope.engine
+        if engine is None:
+            self.app.notify("The engine is still starting.", severity="warning")
+            return
+        index = await engine.indexes.open(name)
+        self.post_message(IndexOpened(index))
+
+    @on(DirectoryTree.DirectorySelected, "#folder-tree")
+    def _tree_pick(self, event: DirectoryTree.DirectorySelected) -> None:
+        self.query_one("#folder", Input).value = str(event.path)
+
+    def action_toggle_tree(self) -> None:
+        tree = self.query_one("#folder-tree", DirectoryTree)
+        tree.display = not tree.display
+        if tree.display:
+            tree.focus()
+
+    @on(Button.Pressed, "#start")
+    def action_start(self) -> None:
+        if self.running:
+            self.app.notify("An indexing run is already going; Esc cancels it.", severity="warning")
+            return
+        folder_text = self.query_one("#folder", Input).value.strip()
+        name = self.query_one("#index-name", Input).value.strip()
+        if not folder_text:
+            self.app.notify("Pick a folder to index first.", severity="warning")
+            return
+        folder = Path(folder_text).expanduser()
+        if not folder.is_dir():
+            self.app.notify(f"{folder} is not a folder.", severity="error")
+            return
+        if not name:
+            name = folder.resolve().name
+            self.query_one("#index-name", Input).value = name
+        model = self.query_one("#model", Select).value
+        index_type = str(self.query_one("#index-type", Select).value)
+        self.start_indexing(name, [folder], None if model is Select.BLANK else str(model), index_type)
+
+    def start_indexing(
+        self, name: str, paths: list[Path], model: str | None, index_type: str = "auto"
+    ) -> None:
+        from engine.index import CancelToken
+
+        self._token = CancelToken()
+        self._set_running(True)
+        self.query_one("#skipped", DataTable).clear()
+        self.query_one("#progress-line", Static).update(f"Preparing index {name}…")
+        self.run_indexing(name, paths, model, index_type, self._token)
+
+    @work(exclusive=True, group="indexing", exit_on_error=False)
+    async def run_indexing(
+        self,
+        name: str,
+        paths: list[Path],
+        model: str | None,
+        index_type: str,
+        token: CancelToken,
+    ) -> None:
+        engine = self.embedscope.engine
+        if engine is None:
+            self._finish_run()
+            self.app.notify("The engine is still starting; try again in a moment.")
+            return
+        try:
+            index = await engine.indexes.open_or_create(name, model=model, index_type=index_type)
+            self.post_message(IndexOpened(index))
+            report = await index.index_path(
+                paths, progress=lambda p: self.post_message(IndexProgressed(p)), cancel=token
+            )
+        except BaseException:
+            self._finish_run()
+            raise
+        self.post_message(IndexFinished(index, report))
+
+    def action_cancel(self) -> None:
+        if self._token is None:
+            return
+        self._token.cancel()
+        self.query_one("#progress-line", Static).update("Cancelling after the current batch…")
+
+    def _set_running(self, running: bool) -> None:
+        self.query_one("#start", Button).disabled = running
+        self.query_one("#cancel", Button).disabled = not running
+
+    def _finish_run(self) -> None:
+        self._token = None
+        self._set_running(False)
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel_pressed(self) -> None:
+        self.action_cancel()
+
+    @on(IndexProgressed)
+    def _progress(self, message: IndexProgressed) -> None:
+        message.stop()
+        p = message.progress
+        bar = self.query_one("#progress", ProgressBar)
+        bar.update(total=max(p.files_total, 1), progress=p.files_done)
+        rate = "—" if self.embedscope.frozen else f"{p.chunks_per_s:.0f}"
+        eta = "—" if self.embedscope.frozen else format_eta(p.eta_s)
+        current = f"  {p.current}" if p.current else ""
+        self.query_one("#progress-line", Static).update(
+            f"{p.phase}: files {p.files_done}/{p.files_total} · chunks {p.chunks_done} · "
+            f"{rate} chunks/s · ETA {eta}{current}"
+        )
+
+    def finished(self, report: object) -> None:
+        """Called by the app once it has handled IndexFinished."""
+        from engine.index import IndexReport
+
+        assert isinstance(report, IndexReport)
+        self._finish_run()
+        table = self.query_one("#skipped", DataTable)
+        table.clear()
+        for failure in report.failed:
+            table.add_row(failure.path, failure.reason)
+        state = "Cancelled" if report.cancelled else "Done"
+        took = "" if self.embedscope.frozen else f" in {report.seconds:.1f} s"
+        self.query_one("#progress-line", Static).update(
+            f"{state}{took}: {report.added} added, {report.updated} updated, "
+            f"{report.removed} removed, {report.unchanged} unchanged, "
+            f"{report.chunks_embedded} chunks embedded, {len(report.failed)} skipped."
+        )
+        if not report.cancelled:
+            bar = self.query_one("#progress", ProgressBar)
+            bar.update(total=bar.total or 1, progress=bar.total or 1)

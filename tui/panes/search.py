@@ -1,0 +1,261 @@
+"""Search as you type: one exclusive worker per keystroke, and no stale result ever shown."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, Input, Select, Static
+
+from tui.clipboard import copy_system
+from tui.export import default_export_path, write_results
+from tui.keys import SEARCH_BINDINGS
+from tui.messages import Query, ResultsReady
+from tui.panes.base import Pane
+from tui.widgets.modals import ExportScreen
+
+if TYPE_CHECKING:
+    from engine.index import SearchHit
+
+MODES = ("hybrid", "vector", "keyword")
+DEBOUNCE_S = 0.03
+TOP_K = 20
+CONTEXT_CHARS = 600
+
+
+def highlighted(snippet: str, spans: list[tuple[int, int]], style: str = "bold reverse") -> Text:
+    text = Text(snippet.replace("\n", " "), no_wrap=True, overflow="ellipsis")
+    for start, end in spans:
+        text.stylize(style, start, end)
+    return text
+
+
+class SearchPane(Pane):
+    title = "Search"
+    BINDINGS = SEARCH_BINDINGS
+
+    def __init__(self) -> None:
+        super().__init__(id="search-pane")
+        self.hits: list[SearchHit] = []
+        self._like: Query | None = None
+        self._shown: Query | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="search-bar"):
+            yield Input(placeholder="Search… (type to search)", id="query")
+            yield Select(
+                [(m, m) for m in MODES], value="hybrid", allow_blank=False, id="mode"
+            )
+        yield Input(
+            placeholder="Filter: doc_type=md  year>=2020  date=2024-01-01..  path=notes/*",
+            id="filter",
+        )
+        yield Static("", id="filter-error")
+        yield Static("Open or build an index (F3), then type a query.", id="search-info")
+        table: DataTable[str | Text] = DataTable(id="results", cursor_type="row", zebra_stripes=True)
+        yield table
+        with VerticalScroll(id="detail-scroll"):
+            yield Static("", id="detail")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#results", DataTable)
+        table.add_column("#", key="rank", width=3)
+        table.add_column("Score", key="score", width=6)
+        table.add_column("Title", key="title", width=24)
+        table.add_column("Path", key="path", width=24)
+        table.add_column("Snippet", key="snippet")
+
+    # The query as the inputs say it now; results for anything else are stale.
+    def current_query(self) -> Query:
+        if self._like is not None:
+            return self._like
+        return Query(
+            text=self.query_one("#query", Input).value.strip(),
+            mode=str(self.query_one("#mode", Select).value),
+            filters=self.query_one("#filter", Input).value.strip(),
+        )
+
+    @on(Input.Changed, "#query")
+    @on(Input.Changed, "#filter")
+    @on(Select.Changed, "#mode")
+    def _inputs_changed(self) -> None:
+        self._like = None
+        self.request_search()
+
+    def request_search(self) -> None:
+        query = self.current_query()
+        if not self._filter_ok(query.filters):
+            return
+        if query.like is None and not query.text:
+            self.workers.cancel_group(self, "search")
+            self._show(query, [], None)
+            return
+        if self.embedscope.index is None:
+            self._info("No index open yet: build one in the Index pane (F3).")
+            return
+        self.run_search(query)
+
+    def _filter_ok(self, text: str) -> bool:
+        """Checked before searching, so a typo in a filter says what is wrong at once."""
+        from engine.store.filters import FilterError, parse_filters
+
+        error = self.query_one("#filter-error", Static)
+        box = self.query_one("#filter", Input)
+        try:
+            parse_filters(text)
+        except FilterError as exc:
+            error.update(f"Bad filter: {exc}")
+            error.display = True
+            box.add_class("-invalid-filter")
+            return False
+        error.display = False
+        box.remove_class("-invalid-filter")
+        return True
+
+    @work(exclusive=True, group="search", exit_on_error=False)
+    async def run_search(self, query: Query) -> None:
+        from engine.store.filters import FilterError
+
+        await asyncio.sleep(DEBOUNCE_S)
+        index = self.embedscope.index
+        if index is None:
+            return
+        started = time.perf_counter()
+        try:
+            if query.like is not None:
+                hits = await index.more_like_this(query.like, TOP_K, filters=query.filters or None)
+            else:
+                hits = await index.search(
+                    query.text, TOP_K, filters=query.filters or None, mode=query.mode  # type: ignore[arg-type]
+                )
+        except FilterError as exc:
+            if query == self.current_query():
+                self.query_one("#filter-error", Static).update(f"Bad filter: {exc}")
+                self.query_one("#filter-error", Static).display = True
+            return
+        if query == self.current_query():
+            self.post_message(ResultsReady(query, hits, time.perf_counter() - started))
+
+    @on(ResultsReady)
+    def _results_ready(self, message: ResultsReady) -> None:
+        message.stop()
+        if message.query == self.current_query():
+            self._show(message.query, message.hits, message.seconds)
+
+    def _show(self, query: Query, hits: list[SearchHit], seconds: float | None) -> None:
+        self.hits = hits
+        self._shown = query
+        table = self.query_one("#results", DataTable)
+        table.clear()
+        for hit in hits:
+            table.add_row(
+                str(hit.rank),
+                f"{hit.score:.3f}",
+                hit.title,
+                hit.path,
+                highlighted(hit.snippet, hit.highlights),
+                key=str(hit.chunk_id),
+            )
+        if seconds is None:
+            self._info("Type a query.")
+            self.query_one("#detail", Static).update("")
+            return
+        took = "" if self.embedscope.frozen else f" in {seconds * 1000:.0f} ms"
+        what = "more like this" if query.like is not None else query.mode
+        self._info(f"{len(hits)} results ({what}){took}")
+        if not hits:
+            self.query_one("#detail", Static).update("No matches. Try another mode or filter.")
+
+    def _info(self, text: str) -> None:
+        self.query_one("#search-info", Static).update(text)
+
+    def selected_hit(self) -> SearchHit | None:
+        table = self.query_one("#results", DataTable)
+        if not self.hits or table.cursor_row < 0 or table.cursor_row >= len(self.hits):
+            return None
+        return self.hits[table.cursor_row]
+
+    @on(DataTable.RowHighlighted, "#results")
+    def _row_highlighted(self) -> None:
+        hit = self.selected_hit()
+        if hit is not None:
+            self.show_detail(hit)
+
+    @work(exclusive=True, group="detail", exit_on_error=False)
+    async def show_detail(self, hit: SearchHit) -> None:
+        index = self.embedscope.index
+        if index is None:
+            return
+        chunk, full = await asyncio.to_thread(index.chunk_context, hit.chunk_id)
+        lo = max(0, chunk.start - CONTEXT_CHARS)
+        hi = min(len(full), chunk.end + CONTEXT_CHARS)
+        body = Text()
+        page = f"  page {hit.page}" if hit.page is not None else ""
+        body.append(f"{hit.title}\n", style="bold")
+        body.append(f"{hit.path}{page}  chunk {chunk.ordinal}\n\n", style="dim")
+        body.append(("…" if lo else "") + full[lo : chunk.start], style="dim")
+        body.append(full[chunk.start : chunk.end], style="bold")
+        body.append(full[chunk.end : hi] + ("…" if hi < len(full) else ""), style="dim")
+        if self.selected_hit() is hit:
+            self.query_one("#detail", Static).update(body)
+
+    def action_cycle_mode(self) -> None:
+        select = self.query_one("#mode", Select)
+        select.value = MODES[(MODES.index(str(select.value)) + 1) % len(MODES)]
+
+    def action_focus_query(self) -> None:
+        self.query_one("#query", Input).focus()
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_focus_results(self) -> None:
+        self.query_one("#results", DataTable).focus()
+
+    def action_more_like_this(self) -> None:
+        hit = self.selected_hit()
+        if hit is None:
+            self.app.notify("Select a result first.", severity="warning")
+            return
+        filters = self.query_one("#filter", Input).value.strip()
+        self._like = Query(text=hit.title, mode="vector", filters=filters, like=hit.doc_key)
+        self._info(f"Finding documents like “{hit.title}”…")
+        self.run_search(self._like)
+
+    def action_copy(self) -> None:
+        hit = self.selected_hit()
+        if hit is None:
+            self.app.notify("Select a result to copy.", severity="warning")
+            return
+        text = f"{hit.title}\n{hit.path}\n\n{hit.text}"
+        self.app.copy_to_clipboard(text)
+        self.copy_fallback(text, hit.title)
+
+    @work(thread=True, group="clipboard", exit_on_error=False)
+    def copy_fallback(self, text: str, title: str) -> None:
+        tool = copy_system(text)
+        via = f"terminal and {tool}" if tool else "terminal (OSC 52)"
+        self.app.call_from_thread(self.app.notify, f"Copied “{title}” via {via}.")
+
+    def action_export(self) -> None:
+        if not self.hits or self._shown is None:
+            self.app.notify("Nothing to export: run a search first.", severity="warning")
+            return
+        hits, query = list(self.hits), self._shown.text
+
+        def done(path: Path | None) -> None:
+            if path is not None:
+                self.export(hits, query, path)
+
+        self.app.push_screen(ExportScreen(default_export_path(query), len(hits)), done)
+
+    @work(thread=True, group="export", exit_on_error=False)
+    def export(self, hits: list[SearchHit], query: str, path: Path) -> None:
+        n = write_results(hits, query, path)
+        self.app.call_from_thread(self.app.notify, f"Wrote {n} results to {path}.")
