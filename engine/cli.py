@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,11 @@ from typing import Any
 from engine.config import Config, ConfigError, load_config
 from engine.embedding import OverloadedError
 from engine.engine import Engine
+from engine.index import MODES, CorpusIndexError, IndexProgress, SearchHit
 from engine.models import ModelError
+from engine.store import FILTER_FORMS, StoreError
+
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 
 Handler = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
 COMMANDS: dict[str, Handler] = {}
@@ -52,6 +57,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", help="model name (default: default_model)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--vectors", action="store_true", help="include the vectors in --json output")
+
+    p = sub.add_parser("index", help="index a folder or file into a named index (incremental)")
+    p.add_argument("path", type=Path)
+    p.add_argument("--name", "-n", default="default", help="index name (default: default)")
+    p.add_argument("--model", "-m", help="model for a new index (default: default_model)")
+    p.add_argument("--index-type", "-t", choices=INDEX_TYPES, help="vector index type")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = sub.add_parser("search", help="search a named index")
+    p.add_argument("query")
+    p.add_argument("--name", "-n", default="default")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument(
+        "--filter",
+        "-f",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"metadata filter, repeatable: {FILTER_FORMS}",
+    )
+    p.add_argument("--mode", choices=MODES, default="hybrid")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = sub.add_parser("similar", help="documents like a document key or chunk id")
+    p.add_argument("id", help="a document key (e.g. astronomy/black-holes.md) or a chunk id")
+    p.add_argument("--name", "-n", default="default")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = sub.add_parser("info", help="describe one index, or list all")
+    p.add_argument("--name", "-n", help="index name (default: list all)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = sub.add_parser("repair", help="rebuild a damaged index from what is left")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = sub.add_parser("rm-index", help="delete a named index")
+    p.add_argument("name")
+
+    p = sub.add_parser("snapshot", help="write an index to one verified archive")
+    p.add_argument("name")
+    p.add_argument("file", type=Path)
+
+    p = sub.add_parser("restore", help="restore an index from a snapshot archive")
+    p.add_argument("file", type=Path)
+    p.add_argument("--name", "-n", help="restore under another name")
     return parser
 
 
@@ -132,12 +186,191 @@ async def cmd_embed(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+class ProgressBar:
+    """A one-line progress bar on stderr, redrawn at most 10 times a second."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._last = 0.0
+
+    def __call__(self, p: IndexProgress) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.1 and p.phase == "indexing"):
+            return
+        self._last = now
+        total = max(p.files_total, 1)
+        filled = int(30 * p.files_done / total)
+        eta = f"{p.eta_s:4.0f}s" if p.eta_s is not None else "   ?"
+        line = (
+            f"\r{p.phase:<9} [{'#' * filled}{'.' * (30 - filled)}] {p.files_done}/{p.files_total} "
+            f"files, {p.chunks_done} chunks, {p.chunks_per_s:6.1f}/s, eta {eta} "
+        )
+        sys.stderr.write(line[:120])
+        if p.phase == "done":
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+@command("index")
+async def cmd_index(args: argparse.Namespace, config: Config) -> int:
+    async with Engine(config) as engine:
+        index = await engine.indexes.open_or_create(args.name, args.model, args.index_type)
+        report = await index.index_path(
+            [args.path],
+            include=args.include,
+            exclude=args.exclude,
+            progress=ProgressBar(not args.json),
+        )
+        stats = index.stats()
+    if args.json:
+        emit_json({"index": stats.to_dict(), "report": report.to_dict()})
+        return 0
+    print(
+        f"index '{stats.name}': {report.added} added, {report.updated} updated, "
+        f"{report.removed} removed, {report.unchanged} unchanged; {report.chunks_embedded} chunks "
+        f"embedded in {report.seconds:.1f}s ({report.model_calls} model batches)"
+    )
+    print(
+        f"  {stats.documents} documents, {stats.chunks} chunks, {stats.model}, {stats.index_type}"
+    )
+    for failure in report.failed:
+        print(f"  skipped {failure.path}: {failure.reason}")
+    return 0
+
+
+def print_hits(hits: list[SearchHit]) -> None:
+    if not hits:
+        print("no results")
+    for hit in hits:
+        page = f" p.{hit.page}" if hit.page else ""
+        print(f"{hit.rank:>3}. {hit.score:8.4f}  {hit.title[:60]}  [{hit.doc_key}{page}]")
+        print(f"       {hit.snippet[:150]}")
+
+
+@command("search")
+async def cmd_search(args: argparse.Namespace, config: Config) -> int:
+    async with Engine(config) as engine:
+        index = await engine.indexes.open(args.name)
+        started = time.perf_counter()
+        hits = await index.search(args.query, args.k, filters=args.filter, mode=args.mode)
+        seconds = time.perf_counter() - started
+    if args.json:
+        emit_json(
+            {
+                "index": args.name,
+                "query": args.query,
+                "mode": args.mode,
+                "filters": args.filter,
+                "seconds": round(seconds, 4),
+                "results": [h.to_dict() for h in hits],
+            }
+        )
+        return 0
+    print_hits(hits)
+    return 0
+
+
+@command("similar")
+async def cmd_similar(args: argparse.Namespace, config: Config) -> int:
+    target: str | int = int(args.id) if args.id.isdigit() else args.id
+    async with Engine(config) as engine:
+        index = await engine.indexes.open(args.name)
+        hits = await index.more_like_this(target, args.k)
+    if args.json:
+        emit_json({"index": args.name, "id": args.id, "results": [h.to_dict() for h in hits]})
+        return 0
+    print_hits(hits)
+    return 0
+
+
+@command("info")
+async def cmd_info(args: argparse.Namespace, config: Config) -> int:
+    engine = Engine(config)
+    if args.name is None:
+        rows = [s.to_dict() for s in engine.indexes.summaries()]
+        if args.json:
+            emit_json({"data_dir": str(config.data_dir), "indexes": rows})
+        elif not rows:
+            print(f"no indexes yet in {config.data_dir}; create one with `embedscope index PATH`")
+        for r in [] if args.json else rows:
+            print(
+                f"{r['name']:<16} {r['documents']:>7} docs {r['chunks']:>8} chunks  "
+                f"{r['model']:<8} {r['index_type']:<5} {r['bytes_on_disk'] / 1e6:8.1f} MB  "
+                f"{r['source']}"
+            )
+        return 0
+    async with engine:
+        index = await engine.indexes.open(args.name)
+        info = {
+            **index.stats().to_dict(),
+            "vectors": index.vectors.info(),
+            "fingerprint": index.manifest["fingerprint"],
+        }
+    if args.json:
+        emit_json(info)
+    else:
+        for key, value in info.items():
+            print(f"{key:>14}: {value}")
+    return 0
+
+
+@command("repair")
+async def cmd_repair(args: argparse.Namespace, config: Config) -> int:
+    async with Engine(config) as engine:
+        result = await engine.indexes.repair(args.name)
+    if args.json:
+        emit_json(result)
+    else:
+        for action in result["actions"]:
+            print(f"- {action}")
+        print(
+            f"index '{args.name}' repaired: {result['documents']} documents, "
+            f"{result['chunks']} chunks"
+        )
+    return 0
+
+
+@command("rm-index")
+async def cmd_rm_index(args: argparse.Namespace, config: Config) -> int:
+    await Engine(config).indexes.remove(args.name)
+    print(f"index '{args.name}' removed")
+    return 0
+
+
+@command("snapshot")
+async def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
+    async with Engine(config) as engine:
+        result = await engine.indexes.snapshot(args.name, args.file)
+    print(f"snapshot of '{args.name}' written to {result['archive']} ({result['bytes']} bytes)")
+    return 0
+
+
+@command("restore")
+async def cmd_restore(args: argparse.Namespace, config: Config) -> int:
+    async with Engine(config) as engine:
+        result = await engine.indexes.restore(args.file, args.name)
+    print(
+        f"index '{result['index']}' restored: {result['documents']} documents, "
+        f"{result['chunks']} chunks"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a parsed engine command; known failures print one clear line, not a traceback."""
     try:
         config = load_config(args.config)
         return asyncio.run(COMMANDS[args.command](args, config))
-    except (ConfigError, ModelError, OverloadedError, ValueError, FileNotFoundError) as exc:
+    except (
+        ConfigError,
+        ModelError,
+        OverloadedError,
+        CorpusIndexError,
+        StoreError,
+        KeyError,
+        ValueError,
+        FileNotFoundError,
+    ) as exc:
         print(f"embedscope {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,17 +1,63 @@
-"""The Textual app. Paints first; the engine (and torch) load in a worker afterwards."""
+"""The Textual app. It paints first; faiss, torch and the model load in workers afterwards."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from textual import on, work
 from textual.app import App, ComposeResult
-from textual.binding import Binding
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from tui.commands import PaneCommands
+from tui.keys import APP_BINDINGS, check_keymap
+from tui.messages import EngineReady, IndexFinished, IndexOpened, ModelReady
+from tui.panes.base import Pane
+from tui.panes.compare import ComparePane, ModelRow, load_runs
+from tui.panes.index import IndexPane
+from tui.panes.metrics import MetricsPane
+from tui.panes.search import SearchPane
+from tui.settings import DEFAULT_THEME, AppSettings, SettingsError
+from tui.themes import ThemeFileError, load_themes
+
+if TYPE_CHECKING:
+    from engine import Engine
+    from engine.index import CorpusIndex
+
+HERE = Path(__file__).parent
+PANES = ("search", "index", "compare", "metrics")
+
+
+def default_index_name(corpus: Path) -> str:
+    """`sample_corpus` -> `sample`: the folder name without a trailing corpus word."""
+    name = corpus.resolve().name
+    for suffix in ("_corpus", "-corpus"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def friendly_error(error: BaseException) -> str:
+    """One line a user can act on; engine errors already say what, where and how to fix."""
+    text = str(error).strip() or type(error).__name__
+    return text if len(text) < 600 else text[:600] + "…"
 
 
 class EmbedscopeApp(App[None]):
     TITLE = "embedscope"
-    BINDINGS = [Binding("q", "quit", "Quit", id="app.quit")]
+    CSS_PATH = [
+        HERE / "app.tcss",
+        HERE / "panes" / "search.tcss",
+        HERE / "panes" / "index.tcss",
+        HERE / "panes" / "compare.tcss",
+        HERE / "panes" / "metrics.tcss",
+    ]
+    BINDINGS = APP_BINDINGS
+    COMMANDS = App.COMMANDS | {PaneCommands}
 
     def __init__(
         self,
@@ -19,13 +65,244 @@ class EmbedscopeApp(App[None]):
         config_path: Path | None = None,
         corpus: Path | None = None,
         index_name: str | None = None,
+        start_engine: bool = True,
+        frozen: bool = False,
+        settings_path: Path | None = None,
     ) -> None:
+        """`start_engine=False` and `frozen=True` give the still, deterministic app snapshots need."""
         super().__init__()
         self.config_path = config_path
         self.corpus = corpus
         self.index_name = index_name
+        self.start_engine = start_engine
+        self.frozen = frozen
+        self.engine: Engine | None = None
+        self.index: CorpusIndex | None = None
+        self._landing_after_index = False
+        self._startup_problems: list[str] = []
+        try:
+            self.settings = AppSettings.load(settings_path)
+        except SettingsError as exc:
+            self._startup_problems.append(f"{exc} — using defaults.")
+            self.settings = AppSettings(path=settings_path) if settings_path else AppSettings()
+        try:
+            for theme in load_themes():
+                self.register_theme(theme)
+        except ThemeFileError as exc:
+            self._startup_problems.append(str(exc))
+        wanted = self.settings.theme
+        if wanted not in self.available_themes:
+            self._startup_problems.append(
+                f"theme '{wanted}' (in {self.settings.path}) is not installed; "
+                f"choose one with ctrl+p → Theme"
+            )
+            wanted = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+        self.theme = wanted
+        problems = check_keymap(self.settings.keymap)
+        self._startup_problems.extend(f"{p} (in {self.settings.path})" for p in problems)
+        if not problems:
+            self.set_keymap(self.settings.keymap)
 
     def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static("embedscope — semantic search workbench", id="status")
+        yield Header(show_clock=False, icon="◇")
+        with TabbedContent(id="panes", initial="search"):
+            with TabPane("Search", id="search"):
+                yield SearchPane()
+            with TabPane("Index", id="index"):
+                yield IndexPane()
+            with TabPane("Compare", id="compare"):
+                yield ComparePane()
+            with TabPane("Metrics", id="metrics"):
+                yield MetricsPane()
+        yield Static("Starting…", id="status")
         yield Footer()
+
+    def on_mount(self) -> None:
+        if self.frozen:
+            for box in self.query(Input):
+                box.cursor_blink = False
+        for problem in self._startup_problems:
+            self.notify(problem, severity="warning", timeout=10)
+        self.watch(self, "theme", self._remember_theme, init=False)
+        self.load_catalog()
+        if self.start_engine:
+            self.set_status("Loading the search engine…")
+            self.boot()
+        else:
+            self.set_status("Engine not started.")
+        self.query_one("#query", Input).focus()
+
+    async def on_unmount(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#status", Static).update(text)
+
+    def active_pane(self) -> Pane | None:
+        active = self.query_one("#panes", TabbedContent).active
+        panes = list(self.query(f"#{active} Pane").results(Pane)) if active else []
+        return panes[0] if panes else None
+
+    def _remember_theme(self, theme: str) -> None:
+        if theme != self.settings.theme:
+            self.settings.theme = theme
+            self.save_settings()
+
+    @work(thread=True, group="settings", exit_on_error=False)
+    def save_settings(self) -> None:
+        self.settings.save()
+
+    def report_worker(self, event: Worker.StateChanged) -> None:
+        """The one place a failed worker becomes a notice: the user never sees a traceback."""
+        if event.state != WorkerState.ERROR or event.worker.error is None:
+            return
+        error = event.worker.error
+        group = event.worker.group
+        self.notify(friendly_error(error), title=f"{group} failed", severity="error", timeout=12)
+        if group == "engine":
+            self.set_status(f"Engine failed to start: {friendly_error(error)}")
+        elif group in {"search", "detail"}:
+            self.set_status("Search failed; see the notice. Edit the query to retry.")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        self.report_worker(event)
+
+    @work(thread=True, group="catalog", exit_on_error=False)
+    def load_catalog(self) -> None:
+        """Model availability from the config alone: no weights, no torch."""
+        from engine.config import load_config
+        from engine.models import ModelRegistry
+
+        config = load_config(self.config_path)
+        registry = ModelRegistry(config)
+        rows = []
+        for name in registry.names():
+            a = registry.check(name)
+            rows.append(ModelRow(name, a.available, a.reason, a.kind, a.dimension, config.device))
+        runs = load_runs(config.data_dir)
+        self.call_from_thread(self._show_catalog, rows, runs, config.default_model)
+
+    def _show_catalog(self, rows: list[ModelRow], runs: object, default: str) -> None:
+        compare = self.query_one(ComparePane)
+        if not compare.models:
+            compare.set_models(rows)
+        compare.set_runs(runs if isinstance(runs, list) else None)
+        self.query_one(IndexPane).set_models([r.name for r in rows], default)
+
+    @work(exclusive=True, group="engine", exit_on_error=False)
+    async def boot(self) -> None:
+        """Heavy imports in a thread, then the engine, the model, and the first index."""
+        await asyncio.to_thread(importlib.import_module, "engine.index")
+        from engine import Engine
+
+        engine = Engine(config_path=self.config_path)
+        await engine.start()
+        self.engine = engine
+        self.post_message(EngineReady(engine))
+        name = engine.config.default_model
+        self.set_status(f"Loading model {name}…")
+        started = time.perf_counter()
+        model = await engine.embeddings.model(name)
+        await model.load()
+        self.post_message(ModelReady(name, time.perf_counter() - started))
+        await self._open_first_index(engine)
+
+    async def _open_first_index(self, engine: Engine) -> None:
+        manager = engine.indexes
+        if self.corpus is not None:
+            name = self.index_name or default_index_name(self.corpus)
+            index = await manager.open_or_create(name)
+            self.post_message(IndexOpened(index))
+            first = index.stats().chunks == 0
+            if first:
+                self.action_show_pane("index")
+            self._landing_after_index = True
+            self.set_status(f"Indexing {self.corpus} into '{name}'…" if first else "Ready.")
+            self.query_one(IndexPane).start_indexing(name, [self.corpus], None)
+            return
+        if self.index_name is not None:
+            self.post_message(IndexOpened(await manager.open(self.index_name)))
+            return
+        summaries = sorted(manager.summaries(), key=lambda s: s.last_indexed or 0.0)
+        if summaries:
+            self.post_message(IndexOpened(await manager.open(summaries[-1].name)))
+        else:
+            self.set_status("Ready. No index yet: pick a folder in the Index pane (F3).")
+            self.action_show_pane("index")
+
+    @on(EngineReady)
+    def _engine_ready(self) -> None:
+        self.refresh_models()
+
+    @on(ModelReady)
+    def _model_ready(self, message: ModelReady) -> None:
+        took = "" if self.frozen else f" in {message.seconds:.1f} s"
+        self.set_status(f"Model {message.model} loaded{took}. Ready.")
+        self.refresh_models()
+
+    @on(IndexOpened)
+    def _index_opened(self, message: IndexOpened) -> None:
+        self.index = message.index
+        self.sub_title = message.index.name
+        index_pane = self.query_one(IndexPane)
+        index_pane.show_index(message.index)
+        if self.engine is not None:
+            index_pane.set_index_names(self.engine.indexes.names(), message.index.name)
+        self.query_one(SearchPane).request_search()
+
+    @on(IndexFinished)
+    def _index_finished(self, message: IndexFinished) -> None:
+        index_pane = self.query_one(IndexPane)
+        index_pane.finished(message.report)
+        if self.index is None or self.index.name == message.index.name:
+            self.index = message.index
+            index_pane.show_index(message.index)
+        if self.engine is not None:
+            index_pane.set_index_names(self.engine.indexes.names(), message.index.name)
+        report = message.report
+        if report.cancelled:
+            self.notify(f"Indexing of '{message.index.name}' cancelled; what was done is kept.")
+        else:
+            self.set_status(
+                f"Index '{message.index.name}' ready: {report.added} added, "
+                f"{report.updated} updated, {len(report.failed)} skipped."
+            )
+        if self._landing_after_index:
+            self._landing_after_index = False
+            self.action_show_pane("search")
+            self.query_one("#query", Input).focus()
+        self.query_one(SearchPane).request_search()
+
+    def refresh_models(self) -> None:
+        engine = self.engine
+        compare = self.query_one(ComparePane)
+        if engine is None or not compare.models:
+            return
+        snapshot = engine.embeddings.snapshot()["models"]
+        rows = []
+        for row in compare.models:
+            loaded, load_s = False, None
+            instance = engine.registry._instances.get(row.name)
+            if instance is not None:
+                info = instance.info()
+                loaded, load_s = info.loaded, info.load_seconds
+            latency = snapshot.get(row.name, {}).get("request_latency_ms", {}).get("p50")
+            rows.append(
+                ModelRow(
+                    row.name, row.available, row.reason, row.kind, row.dimension,
+                    row.device if instance is None else instance.info().device,
+                    loaded, load_s, latency,
+                )
+            )
+        compare.set_models(rows)
+
+    def action_show_pane(self, name: str) -> None:
+        if name in PANES:
+            self.query_one("#panes", TabbedContent).active = name
+
+    def action_help(self) -> None:
+        from tui.widgets.modals import HelpScreen
+
+        keymap = {b.id: b.key for _, b in self._bindings_by_id()} if False else dict(self._keymap)
+        self.push_screen(HelpScreen(keymap))

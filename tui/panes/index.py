@@ -26,7 +26,7 @@ from tui.panes.base import Pane
 from tui.widgets.paths import FolderSuggester
 
 if TYPE_CHECKING:
-    from engine.index import CancelToken, CorpusIndex, IndexStats
+    from engine.index import CancelToken, CorpusIndex, IndexReport, IndexStats
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 
@@ -67,6 +67,7 @@ class IndexPane(Pane):
     def __init__(self) -> None:
         super().__init__(id="index-pane")
         self._token: CancelToken | None = None
+        self._models: list[str] = []
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="index-top"):
@@ -111,6 +112,7 @@ class IndexPane(Pane):
         return self._token is not None
 
     def set_models(self, names: list[str], default: str) -> None:
+        self._models = list(names)
         select = self.query_one("#model", Select)
         select.set_options([(n, n) for n in names])
         if default in names:
@@ -129,9 +131,8 @@ class IndexPane(Pane):
         name_box = self.query_one("#index-name", Input)
         if not name_box.value:
             name_box.value = index.name
-        model = self.query_one("#model", Select)
-        if stats.model in [str(v) for _, v in model._options if v is not Select.BLANK]:
-            model.value = stats.model
+        if stats.model in self._models:
+            self.query_one("#model", Select).value = stats.model
 
     @on(Select.Changed, "#index-select")
     def _switch(self, event: Select.Changed) -> None:
@@ -247,11 +248,8 @@ class IndexPane(Pane):
             f"{rate} chunks/s · ETA {eta}{current}"
         )
 
-    def finished(self, report: object) -> None:
+    def finished(self, report: IndexReport) -> None:
         """Called by the app once it has handled IndexFinished."""
-        from engine.index import IndexReport
-
-        assert isinstance(report, IndexReport)
         self._finish_run()
         table = self.query_one("#skipped", DataTable)
         table.clear()

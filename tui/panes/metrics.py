@@ -1,0 +1,138 @@
+"""Live engine figures, refreshed each second; only widgets whose text changed are repainted."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Grid, Vertical
+from textual.widgets import Label, Sparkline, Static
+
+from tui.keys import METRICS_BINDINGS
+from tui.panes.base import Pane
+from tui.panes.index import human_bytes
+from tui.widgets.barchart import BarChart
+
+CARDS = (
+    ("requests", "Requests"),
+    ("l1_hits", "L1 hits"),
+    ("l2_hits", "L2 hits"),
+    ("misses", "Misses"),
+    ("hit_rate", "Hit rate"),
+    ("texts_per_s", "Texts/s"),
+    ("p50", "Encode p50"),
+    ("p95", "Encode p95"),
+    ("p99", "Encode p99"),
+    ("index_bytes", "Index size"),
+    ("cache_bytes", "Cache L1/L2"),
+    ("rss", "Process RSS"),
+)
+PLACEHOLDER = "—"
+
+
+def rss_bytes() -> int:
+    """Resident memory now (Linux /proc), else the peak from getrusage."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _ms(value: float | None) -> str:
+    return PLACEHOLDER if value is None else f"{value:.1f} ms"
+
+
+def summarise(snapshot: dict[str, Any]) -> tuple[dict[str, str], list[float], dict[str, int]]:
+    """Card texts, latency timeline and batch histogram, summed over models.
+
+    Latency figures come from the busiest model: percentiles cannot be summed.
+    """
+    models: dict[str, dict[str, Any]] = snapshot.get("models", {})
+    total = {k: sum(int(m.get(k) or 0) for m in models.values()) for k in
+             ("requests", "l1_hits", "l2_hits", "misses")}
+    lookups = total["l1_hits"] + total["l2_hits"] + total["misses"]
+    busiest = max(models.values(), key=lambda m: m.get("requests", 0), default={})
+    enc = busiest.get("encode_latency_ms", {})
+    rate = sum(float(m.get("texts_per_s") or 0.0) for m in models.values())
+    cache = snapshot.get("cache", {})
+    cards = {
+        "requests": f"{total['requests']:,}",
+        "l1_hits": f"{total['l1_hits']:,}",
+        "l2_hits": f"{total['l2_hits']:,}",
+        "misses": f"{total['misses']:,}",
+        "hit_rate": f"{(total['l1_hits'] + total['l2_hits']) / lookups:.1%}"
+        if lookups
+        else PLACEHOLDER,
+        "texts_per_s": f"{rate:,.0f}" if rate else PLACEHOLDER,
+        "p50": _ms(enc.get("p50")),
+        "p95": _ms(enc.get("p95")),
+        "p99": _ms(enc.get("p99")),
+        "cache_bytes": f"{human_bytes(int(cache.get('l1_bytes', 0)))} / "
+        f"{human_bytes(int(cache.get('l2_bytes', 0)))}",
+    }
+    timeline = [float(ms) for _, ms in busiest.get("timeline", [])]
+    histogram: dict[str, int] = {}
+    for m in models.values():
+        for size, count in m.get("batch_size_histogram", {}).items():
+            histogram[size] = histogram.get(size, 0) + int(count)
+    return cards, timeline, histogram
+
+
+class MetricsPane(Pane):
+    title = "Metrics"
+    BINDINGS = METRICS_BINDINGS
+
+    def __init__(self) -> None:
+        super().__init__(id="metrics-pane")
+        self._shown: dict[str, str] = {}
+        self._timeline: list[float] = []
+        self._histogram: dict[str, int] = {}
+        self.live = True
+
+    def compose(self) -> ComposeResult:
+        with Grid(id="cards"):
+            for key, label in CARDS:
+                with Vertical(classes="card"):
+                    yield Label(label, classes="card-label")
+                    yield Static(PLACEHOLDER, id=f"card-{key}", classes="card-value")
+        yield Label("Request latency over time (ms)", id="latency-label")
+        yield Sparkline([], id="latency")
+        yield BarChart(id="batches")
+        yield Static("", id="metrics-state")
+
+    def on_mount(self) -> None:
+        self.query_one("#batches", BarChart).set_data("Batch sizes (batches per bucket)", [])
+        if not self.embedscope.frozen:
+            self.set_interval(1.0, self.refresh_figures)
+
+    def action_toggle_live(self) -> None:
+        self.live = not self.live
+        self.query_one("#metrics-state", Static).update("" if self.live else "Paused (ctrl+r).")
+
+    def refresh_figures(self) -> None:
+        """Cheap: reads counters under a lock; skips work while hidden or paused."""
+        engine = self.embedscope.engine
+        if not self.live or engine is None or not self.is_on_screen:
+            return
+        cards, timeline, histogram = summarise(engine.embeddings.snapshot())
+        index = self.embedscope.index
+        cards["index_bytes"] = human_bytes(index.stats().bytes_on_disk) if index else PLACEHOLDER
+        cards["rss"] = human_bytes(rss_bytes())
+        for key, text in cards.items():
+            if self._shown.get(key) != text:
+                self.query_one(f"#card-{key}", Static).update(text)
+                self._shown[key] = text
+        if timeline != self._timeline:
+            self._timeline = timeline
+            self.query_one("#latency", Sparkline).data = timeline
+        if histogram != self._histogram:
+            self._histogram = histogram
+            rows = [(f"≤{k}", float(v)) for k, v in sorted(histogram.items(), key=lambda kv: int(kv[0]))]
+            self.query_one("#batches", BarChart).set_data(
+                "Batch sizes (batches per bucket)", rows, lambda v: f"{v:,.0f}"
+            )
