@@ -39,6 +39,16 @@ def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def resolved_device(setting: str) -> str:
+    """The device local models will run on; says why when the setting cannot be honoured."""
+    from engine.models.local import pick_device
+
+    try:
+        return pick_device(setting)
+    except ModelError as exc:
+        return f"unusable ({exc})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embedscope",
@@ -112,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 @command("models")
 async def cmd_models(args: argparse.Namespace, config: Config) -> int:
     engine = Engine(config)
+    device = await asyncio.to_thread(resolved_device, config.device)
     rows = []
     for name in engine.registry.names():
         a = engine.registry.check(name)
@@ -122,7 +133,7 @@ async def cmd_models(args: argparse.Namespace, config: Config) -> int:
                 "available": a.available,
                 "reason": a.reason,
                 "dimension": a.dimension,
-                "device": config.device,
+                "device": device if a.kind != "openai" else "remote",
                 "location": a.location,
                 "description": a.description,
                 "default": name == config.default_model,
@@ -140,7 +151,7 @@ async def cmd_models(args: argparse.Namespace, config: Config) -> int:
         print(f"{mark} {r['name']:<{width}}  {r['kind']:<21} dim {dim!s:<5} {state}: {r['reason']}")
         if r["description"]:
             print(f"  {'':<{width}}  {r['description']}")
-    print(f"\n* default model; device setting: {config.device}")
+    print(f"\n* default model; device: {device} (setting: {config.device})")
     return 0
 
 

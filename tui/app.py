@@ -69,7 +69,7 @@ class EmbedscopeApp(App[None]):
         frozen: bool = False,
         settings_path: Path | None = None,
     ) -> None:
-        """`start_engine=False` and `frozen=True` give the still, deterministic app snapshots need."""
+        """`start_engine=False` with `frozen=True` is the still, repeatable app snapshots need."""
         super().__init__()
         self.config_path = config_path
         self.corpus = corpus
@@ -78,6 +78,7 @@ class EmbedscopeApp(App[None]):
         self.frozen = frozen
         self.engine: Engine | None = None
         self.index: CorpusIndex | None = None
+        self._loaded_models: set[str] = set()
         self._landing_after_index = False
         self._startup_problems: list[str] = []
         try:
@@ -193,7 +194,7 @@ class EmbedscopeApp(App[None]):
     @work(exclusive=True, group="engine", exit_on_error=False)
     async def boot(self) -> None:
         """Heavy imports in a thread, then the engine, the model, and the first index."""
-        await asyncio.to_thread(importlib.import_module, "engine.index")
+        await asyncio.to_thread(importlib.import_module, "engine.store.faiss_store")
         from engine import Engine
 
         engine = Engine(config_path=self.config_path)
@@ -205,6 +206,7 @@ class EmbedscopeApp(App[None]):
         started = time.perf_counter()
         model = await engine.embeddings.model(name)
         await model.load()
+        self._loaded_models.add(name)
         self.post_message(ModelReady(name, time.perf_counter() - started))
         await self._open_first_index(engine)
 
@@ -280,21 +282,25 @@ class EmbedscopeApp(App[None]):
         if engine is None or not compare.models:
             return
         snapshot = engine.embeddings.snapshot()["models"]
+        self._loaded_models.update(snapshot)
         rows = []
         for row in compare.models:
-            loaded, load_s = False, None
-            instance = engine.registry._instances.get(row.name)
-            if instance is not None:
-                info = instance.info()
-                loaded, load_s = info.loaded, info.load_seconds
             latency = snapshot.get(row.name, {}).get("request_latency_ms", {}).get("p50")
-            rows.append(
-                ModelRow(
-                    row.name, row.available, row.reason, row.kind, row.dimension,
-                    row.device if instance is None else instance.info().device,
-                    loaded, load_s, latency,
+            if row.name in self._loaded_models:
+                # Served requests or loaded at boot, so get() returns the live instance at once.
+                info = engine.registry.get(row.name).info()
+                row = ModelRow(
+                    row.name,
+                    row.available,
+                    row.reason,
+                    row.kind,
+                    info.dimension,
+                    info.device,
+                    info.loaded,
+                    info.load_seconds,
+                    latency,
                 )
-            )
+            rows.append(row)
         compare.set_models(rows)
 
     def action_show_pane(self, name: str) -> None:
@@ -304,5 +310,4 @@ class EmbedscopeApp(App[None]):
     def action_help(self) -> None:
         from tui.widgets.modals import HelpScreen
 
-        keymap = {b.id: b.key for _, b in self._bindings_by_id()} if False else dict(self._keymap)
-        self.push_screen(HelpScreen(keymap))
+        self.push_screen(HelpScreen(self.settings.keymap))

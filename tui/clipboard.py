@@ -1,4 +1,4 @@
-"""Clipboard: OSC 52 reaches the terminal (even over ssh); a system tool covers terminals without it."""
+"""Clipboard: OSC 52 reaches the terminal (even over ssh); a system tool covers the rest."""
 
 from __future__ import annotations
 

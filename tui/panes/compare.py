@@ -140,6 +140,12 @@ class ComparePane(Pane):
             runs.add_column(label, key=key)
         runs.add_column("Models", key="models")
         runs.display = False
+        if not self.embedscope.frozen:
+            self.set_interval(2.0, self._tick)
+
+    def _tick(self) -> None:
+        if self.is_on_screen:
+            self.embedscope.refresh_models()
 
     def set_models(self, rows: list[ModelRow]) -> None:
         """Rebuild when the set of models changes; otherwise update only the cells that changed."""
@@ -153,9 +159,7 @@ class ComparePane(Pane):
                 "dim": str(r.dimension or "?"),
                 "device": r.device,
                 "load": "—" if frozen or r.load_seconds is None else f"{r.load_seconds:.2f}",
-                "latency": "—"
-                if frozen or r.latency_p50_ms is None
-                else f"{r.latency_p50_ms:.1f}",
+                "latency": "—" if frozen or r.latency_p50_ms is None else f"{r.latency_p50_ms:.1f}",
             }
             for r in rows
         }

@@ -43,7 +43,8 @@ def human_bytes(n: int) -> str:
 def describe_stats(stats: IndexStats, frozen: bool) -> str:
     when = "never"
     if stats.last_indexed:
-        when = "—" if frozen else time.strftime("%Y-%m-%d %H:%M", time.localtime(stats.last_indexed))
+        local = time.localtime(stats.last_indexed)
+        when = "—" if frozen else time.strftime("%Y-%m-%d %H:%M", local)
     return (
         f"[b]{stats.name}[/b]  model [b]{stats.model}[/b] ({stats.dimension} dims, "
         f"{stats.index_type})\n"
@@ -77,9 +78,7 @@ class IndexPane(Pane):
                 yield Label("Index name")
                 yield Input(placeholder="e.g. notes", id="index-name")
                 yield Label("Folder to index")
-                yield Input(
-                    placeholder="path/to/folder", id="folder", suggester=FolderSuggester()
-                )
+                yield Input(placeholder="path/to/folder", id="folder", suggester=FolderSuggester())
                 yield DirectoryTree(".", id="folder-tree")
                 with Horizontal(classes="row"):
                     with Vertical():
@@ -88,7 +87,9 @@ class IndexPane(Pane):
                     with Vertical():
                         yield Label("Index type")
                         yield Select(
-                            [(t, t) for t in INDEX_TYPES], value="auto", allow_blank=False,
+                            [(t, t) for t in INDEX_TYPES],
+                            value="auto",
+                            allow_blank=False,
                             id="index-type",
                         )
                 with Horizontal(classes="row buttons"):
@@ -176,9 +177,10 @@ class IndexPane(Pane):
         if not name:
             name = folder.resolve().name
             self.query_one("#index-name", Input).value = name
-        model = self.query_one("#model", Select).value
+        picked = self.query_one("#model", Select).value
+        model = None if picked is Select.BLANK else str(picked)
         index_type = str(self.query_one("#index-type", Select).value)
-        self.start_indexing(name, [folder], None if model is Select.BLANK else str(model), index_type)
+        self.start_indexing(name, [folder], model, index_type)
 
     def start_indexing(
         self, name: str, paths: list[Path], model: str | None, index_type: str = "auto"

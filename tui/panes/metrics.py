@@ -53,8 +53,10 @@ def summarise(snapshot: dict[str, Any]) -> tuple[dict[str, str], list[float], di
     Latency figures come from the busiest model: percentiles cannot be summed.
     """
     models: dict[str, dict[str, Any]] = snapshot.get("models", {})
-    total = {k: sum(int(m.get(k) or 0) for m in models.values()) for k in
-             ("requests", "l1_hits", "l2_hits", "misses")}
+    total = {
+        k: sum(int(m.get(k) or 0) for m in models.values())
+        for k in ("requests", "l1_hits", "l2_hits", "misses")
+    }
     lookups = total["l1_hits"] + total["l2_hits"] + total["misses"]
     busiest = max(models.values(), key=lambda m: m.get("requests", 0), default={})
     enc = busiest.get("encode_latency_ms", {})
@@ -132,7 +134,8 @@ class MetricsPane(Pane):
             self.query_one("#latency", Sparkline).data = timeline
         if histogram != self._histogram:
             self._histogram = histogram
-            rows = [(f"≤{k}", float(v)) for k, v in sorted(histogram.items(), key=lambda kv: int(kv[0]))]
+            ordered = sorted(histogram.items(), key=lambda kv: int(kv[0]))
+            rows = [(f"≤{k}", float(v)) for k, v in ordered]
             self.query_one("#batches", BarChart).set_data(
                 "Batch sizes (batches per bucket)", rows, lambda v: f"{v:,.0f}"
             )

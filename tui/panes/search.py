@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 MODES = ("hybrid", "vector", "keyword")
 DEBOUNCE_S = 0.03
 TOP_K = 20
-CONTEXT_CHARS = 600
+CONTEXT_CHUNKS = 1
 
 
 def highlighted(snippet: str, spans: list[tuple[int, int]], style: str = "bold reverse") -> Text:
@@ -49,17 +49,14 @@ class SearchPane(Pane):
     def compose(self) -> ComposeResult:
         with Horizontal(id="search-bar"):
             yield Input(placeholder="Search… (type to search)", id="query")
-            yield Select(
-                [(m, m) for m in MODES], value="hybrid", allow_blank=False, id="mode"
-            )
+            yield Select([(m, m) for m in MODES], value="hybrid", allow_blank=False, id="mode")
         yield Input(
             placeholder="Filter: doc_type=md  year>=2020  date=2024-01-01..  path=notes/*",
             id="filter",
         )
         yield Static("", id="filter-error")
         yield Static("Open or build an index (F3), then type a query.", id="search-info")
-        table: DataTable[str | Text] = DataTable(id="results", cursor_type="row", zebra_stripes=True)
-        yield table
+        yield DataTable(id="results", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="detail-scroll"):
             yield Static("", id="detail")
 
@@ -132,7 +129,10 @@ class SearchPane(Pane):
                 hits = await index.more_like_this(query.like, TOP_K, filters=query.filters or None)
             else:
                 hits = await index.search(
-                    query.text, TOP_K, filters=query.filters or None, mode=query.mode  # type: ignore[arg-type]
+                    query.text,
+                    TOP_K,
+                    filters=query.filters or None,
+                    mode=query.mode,  # type: ignore[arg-type]
                 )
         except FilterError as exc:
             if query == self.current_query():
@@ -192,16 +192,20 @@ class SearchPane(Pane):
         index = self.embedscope.index
         if index is None:
             return
-        chunk, full = await asyncio.to_thread(index.chunk_context, hit.chunk_id)
-        lo = max(0, chunk.start - CONTEXT_CHARS)
-        hi = min(len(full), chunk.end + CONTEXT_CHARS)
+        chunk, siblings = await asyncio.to_thread(index.chunk_context, hit.chunk_id)
+        nearby = [c for c in siblings if abs(c.ordinal - chunk.ordinal) <= CONTEXT_CHUNKS]
         body = Text()
         page = f"  page {hit.page}" if hit.page is not None else ""
         body.append(f"{hit.title}\n", style="bold")
-        body.append(f"{hit.path}{page}  chunk {chunk.ordinal}\n\n", style="dim")
-        body.append(("…" if lo else "") + full[lo : chunk.start], style="dim")
-        body.append(full[chunk.start : chunk.end], style="bold")
-        body.append(full[chunk.end : hi] + ("…" if hi < len(full) else ""), style="dim")
+        body.append(
+            f"{hit.path}{page}  chunk {chunk.ordinal + 1} of {len(siblings)}\n\n", style="dim"
+        )
+        if nearby and nearby[0].ordinal > 0:
+            body.append("…\n", style="dim")
+        for c in nearby:
+            body.append(c.text.strip() + "\n\n", style="bold" if c.id == chunk.id else "dim")
+        if nearby and nearby[-1].ordinal < len(siblings) - 1:
+            body.append("…", style="dim")
         if self.selected_hit() is hit:
             self.query_one("#detail", Static).update(body)
 
