@@ -69,6 +69,8 @@ MODEL_SCHEMA: dict[str, Any] = {
     "api_key_env": STR,
     "price_per_1m_tokens": NUM,
     "dimensions": INT,
+    "distill_from": STR,
+    "pca_dims": INT,
 }
 
 SCHEMA: dict[str, Any] = {
@@ -91,6 +93,7 @@ SCHEMA: dict[str, Any] = {
         "hnsw_m": INT,
         "hnsw_ef_search": INT,
         "hnsw_ef_construction": INT,
+        "ivf_nlist": Scalar((int,), nullable=True),
         "ivf_nprobe": INT,
         "chunk_tokens": Scalar((int,), nullable=True),
         "chunk_overlap": INT,

@@ -249,7 +249,20 @@ def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
     dup = write(tmp_path / "dup.jsonl", f"{good}\n{good}\n")
     assert reason(dup, tmp_path) == "duplicate id 'a' at line 2 (first at line 1)"
     empty_row = write(tmp_path / "er.jsonl", '{"_id": "e", "title": "", "text": " "}\n')
-    assert reason(empty_row, tmp_path).startswith("empty document (line 1")
+    assert reason(empty_row, tmp_path) == "empty document (no rows)"
+
+
+def test_blank_row_is_skipped_and_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "rows.jsonl",
+        '{"_id": "a", "title": "A", "text": "alpha"}\n'
+        '{"_id": "b", "title": "", "text": "  "}\n'
+        '{"_id": "c", "title": "C", "text": "gamma"}\n',
+    )
+    skipped: list[DocumentError] = []
+    docs = load_file(path, tmp_path, skipped=skipped)
+    assert [d.key for d in docs] == ["rows.jsonl#a", "rows.jsonl#c"]
+    assert [e.reason for e in skipped] == ["line 2: empty row (no title or text)"]
 
 
 def test_json_list_and_single_object(tmp_path: Path) -> None:
@@ -386,3 +399,216 @@ def test_discover_files_and_errors(tmp_path: Path) -> None:
     with pytest.raises(DocumentError, match="no such file or folder"):
         discover([tmp_path / "missing"])
     assert set(SUPPORTED_SUFFIXES) >= {".txt", ".md", ".pdf", ".jsonl", ".csv", ".html"}
+
+
+def with_info(data: bytes, info: dict[str, str]) -> bytes:
+    """Re-save a PDF with a document-info dictionary, as a PDF producer would write one."""
+    writer = pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(data)))
+    writer.add_metadata(info)
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
+CHROME_PAGE = """<!DOCTYPE html><html lang="en-GB"><head><title>Tide Tables</title>
+<meta name="Author" content="Ann  Lee"><meta property="article:published_time"
+content="2024-03-05T08:30:00Z"><meta name="keywords" content="tides, moon ; ocean,">
+<meta name="description" content="How tide tables work."><meta name="date" content="ignored">
+</head><body>
+<header><a href="/">Sitename home</a></header>
+<nav><a href="/a">Archive link</a></nav>
+<div role="navigation">Breadcrumb trail</div>
+<span aria-hidden="true">Decorative icon</span>
+<form><input name="q"><button>Search button</button></form>
+<main><article>
+<header><h1>Reading a Tide Table</h1><p>By Ann Lee</p></header>
+<p>High water comes twice a day.</p>
+<aside>Related posts box</aside>
+<footer>Filed under tides</footer>
+</article></main>
+<footer>Copyright footer</footer>
+<div role="contentinfo">Legal notice</div>
+</body></html>"""
+
+
+def test_html_drops_page_chrome_and_reads_meta(tmp_path: Path) -> None:
+    doc = load_one(write(tmp_path / "tides.html", CHROME_PAGE), tmp_path)
+    assert doc.text.startswith("Reading a Tide Table\n\nBy Ann Lee\n\nHigh water comes twice")
+    assert "Filed under tides" in doc.text
+    for chrome in (
+        "Sitename", "Archive", "Breadcrumb", "Decorative", "Search", "Related posts",
+        "Copyright", "Legal",
+    ):  # fmt: skip
+        assert chrome not in doc.text
+    meta = doc.metadata
+    assert meta["author"] == "Ann Lee"
+    assert meta["date"] == "2024-03-05T08:30:00+00:00"
+    assert meta["tags"] == ["tides", "moon", "ocean"]
+    assert meta["description"] == "How tide tables work."
+    assert meta["lang"] == "en-GB"
+    bare = load_one(write(tmp_path / "bare.html", "<p>Only text</p>"), tmp_path)
+    assert set(bare.metadata) == {"path", "type", "size", "mtime", "modified"}
+    wrapped = '<form id="aspnet"><nav>Menu</nav><main><p>Real content</p></main></form>'
+    assert load_one(write(tmp_path / "wrapped.html", wrapped), tmp_path).text == "Real content"
+    only_chrome = "<header><h1>Links page</h1></header><nav><a>One</a> <a>Two</a></nav>"
+    links = load_one(write(tmp_path / "links.html", only_chrome), tmp_path)
+    assert links.text == "Links page\n\nOne Two"
+
+
+def test_html_dates_become_iso(tmp_path: Path) -> None:
+    for written, iso in (
+        ("2021-05-15", "2021-05-15"),
+        ("7 October 2024", "2024-10-07"),
+        ("March 5, 2024", "2024-03-05"),
+        ("sometime in spring", "sometime in spring"),
+    ):
+        page = f'<meta name="date" content="{written}"><p>Text</p>'
+        doc = load_one(write(tmp_path / "d.html", page), tmp_path)
+        assert doc.metadata["date"] == iso
+
+
+RST_WITH_DOCINFO = """\
+==========
+User Guide
+==========
+
+:Author: Ann Lee
+:date: 7 October 2024
+:category: guides
+:tags: setup, install; cli
+:abstract: A first line
+   that continues here.
+
+Intro
+-----
+
+Body text with a :ref:`role` and a later field list.
+
+:not-docinfo: stays in the text
+"""
+
+
+def test_rst_docinfo_moves_into_metadata(tmp_path: Path) -> None:
+    doc = load_one(write(tmp_path / "docs" / "guide.rst", RST_WITH_DOCINFO), tmp_path)
+    assert doc.title == "User Guide"
+    meta = doc.metadata
+    assert (meta["author"], meta["date"], meta["category"]) == ("Ann Lee", "2024-10-07", "guides")
+    assert meta["tags"] == ["setup", "install", "cli"]
+    assert meta["abstract"] == "A first line that continues here."
+    assert meta["folder"] == "docs"
+    assert doc.text.startswith("==========\nUser Guide\n==========\n\nIntro\n-----\n\nBody")
+    assert ":not-docinfo: stays in the text" in doc.text
+    assert "Ann Lee" not in doc.text and "\n\n\n" not in doc.text
+    assert "not-docinfo" not in meta
+
+    untitled = write(
+        tmp_path / "notes.rst", ":author: Bo\n:keywords: a, b\n\nShort heading\n\nText.\n"
+    )
+    doc = load_one(untitled, tmp_path)
+    assert (doc.title, doc.text) == ("Short heading", "Short heading\n\nText.")
+    assert (doc.metadata["author"], doc.metadata["tags"]) == ("Bo", ["a", "b"])
+    only_fields = write(tmp_path / "fields.rst", ":author: Bo\n:date: 2024-01-01\n")
+    assert reason(only_fields, tmp_path).startswith("empty document")
+
+
+def test_pdf_document_info(tmp_path: Path) -> None:
+    data = with_info(
+        pdf_bytes([["Tide pools at low water."]]),
+        {
+            "/Title": "Field Guide",
+            "/Author": "Mara Lindqvist",
+            "/Subject": "Rocky shores",
+            "/Keywords": "tides, shore; crabs",
+            "/CreationDate": "D:20220426120000+02'00'",
+        },
+    )
+    doc = load_one(write(tmp_path / "guide.pdf", data), tmp_path)
+    assert doc.title == "Field Guide"
+    meta = doc.metadata
+    assert (meta["author"], meta["subject"]) == ("Mara Lindqvist", "Rocky shores")
+    assert meta["tags"] == ["tides", "shore", "crabs"]
+    assert meta["date"] == "2022-04-26T12:00:00+02:00"
+    assert meta["page_count"] == 1
+    for raw, iso in (
+        ("D:20260830120000Z", "2026-08-30T12:00:00+00:00"),
+        ("D:20240102", "2024-01-02"),
+        ("D:202401021530-05'00'", "2024-01-02T15:30:00-05:00"),
+        ("D:20241399", None),
+        ("yesterday", None),
+    ):
+        dated = with_info(pdf_bytes([["x"]]), {"/CreationDate": raw})
+        loaded = load_one(write(tmp_path / "dated.pdf", dated), tmp_path)
+        assert loaded.metadata.get("date") == iso, raw
+        assert loaded.title == "dated" and "author" not in loaded.metadata
+
+
+@pytest.mark.parametrize(
+    ("content", "title"),
+    [
+        ("Why Cadence Matters\n\nCadence is the number of turns.", "Why Cadence Matters"),
+        ("Is it safe?\n\nYes.", "Is it safe?"),
+        ("Release Notes\n=============\nFixed things.", "Release Notes"),
+        ("Changes\n---\nMore.", "Changes"),
+        ("## Setup ##\nRun the installer.", "Setup"),
+        ("Buy milk.\n\nCall Ann.", "memo"),
+        ("Dear team,\n\nHello.", "memo"),
+        ("Buy milk\nCall Ann", "memo"),
+        ("A single line only", "memo"),
+        ("x" * 121 + "\n\nBody.", "memo"),
+        ("---\n\nBody.", "memo"),
+        ("\n\n  Indented Heading  \n\nBody.", "Indented Heading"),
+    ],
+)
+def test_plain_text_title_from_first_line(tmp_path: Path, content: str, title: str) -> None:
+    assert load_one(write(tmp_path / "memo.txt", content), tmp_path).title == title
+
+
+def test_category_and_folder_from_path(tmp_path: Path) -> None:
+    files = {
+        "astronomy/black-holes.md": "# Black Holes\n\nDense.",
+        "astronomy/notes.txt": "Notes\n\nSome notes.",
+        "astronomy/page.html": "<title>Page</title><p>Stars.</p>",
+        "astronomy/guide.rst": "Guide\n=====\n\nText.",
+        "astronomy/deep/sky/survey.pdf": pdf_bytes([["Survey text."]]),
+        "astronomy/rows.jsonl": '{"_id": "a", "text": "t"}\n{"_id": "b", "text": "u"}\n',
+        "astronomy/rows.csv": "id,text\n1,t\n",
+    }
+    for rel, content in files.items():
+        write(tmp_path / rel, content)
+    docs = [d for path in discover([tmp_path]) for d in load_file(path, tmp_path)]
+    assert len(docs) == len(files) + 1
+    for doc in docs:
+        assert doc.metadata["category"] == "astronomy", doc.key
+    folders = {d.key: d.metadata["folder"] for d in docs}
+    assert folders["astronomy/deep/sky/survey.pdf"] == "astronomy/deep/sky"
+    assert folders["astronomy/rows.jsonl#b"] == "astronomy"
+
+    top = load_one(write(tmp_path / "top.md", "Top level."), tmp_path)
+    assert "category" not in top.metadata and "folder" not in top.metadata
+    alone = write(tmp_path / "solo" / "file.txt", "Solo file.")
+    assert "category" not in load_one(alone, alone).metadata
+
+
+def test_explicit_category_wins_and_hash_ignores_derived_fields(tmp_path: Path) -> None:
+    explicit = write(
+        tmp_path / "astronomy" / "post.md", "---\ncategory: physics\nfolder: fake\n---\nBody."
+    )
+    meta = load_one(explicit, tmp_path).metadata
+    assert (meta["category"], meta["folder"]) == ("physics", "astronomy")
+    rows = write(
+        tmp_path / "misc" / "facts.csv", "id,text,category\n1,one,cooking\n2,two,\n3,three, \n"
+    )
+    assert [d.metadata["category"] for d in load_file(rows, tmp_path)] == [
+        "cooking", "misc", "misc",
+    ]  # fmt: skip
+
+    body = "---\nauthor: Ann\n---\nSame body."
+    first = load_one(write(tmp_path / "one" / "doc.md", body), tmp_path)
+    second = load_one(write(tmp_path / "two" / "sub" / "doc.md", body), tmp_path)
+    assert first.metadata["category"] != second.metadata["category"]
+    assert first.content_hash == second.content_hash
+    named = load_one(
+        write(tmp_path / "one" / "doc.md", "---\ncategory: one\n" + body[4:]), tmp_path
+    )
+    assert named.metadata["category"] == first.metadata["category"]
+    assert named.content_hash != first.content_hash

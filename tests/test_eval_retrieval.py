@@ -76,8 +76,10 @@ async def test_cranfield_graded_eval_is_saved_with_all_figures(shared_home: Path
     assert fig["fingerprint"]["digest"] == digest
     assert set(run_.data["versions"]) >= {"sentence-transformers", "torch", "faiss-cpu"}
     assert run_.ranking["high_accuracy_research"] == ["minilm"]
+    # Cranfield docs 471 and 995 are empty: they get zero vectors instead of being embedded.
+    assert run_.data["empty_documents"] == 2
     corpus = [e for e in events if e.phase == "corpus"]
-    assert corpus[-1].done == corpus[-1].total == 1400
+    assert corpus[-1].done == corpus[-1].total == 1398
     assert any(e.phase == "latency" for e in events)
 
 
@@ -106,7 +108,7 @@ def test_cli_eval_json_prints_exactly_the_documented_object(
     assert set(payload["models"]) == {"minilm"}
     assert set(payload["models"]["minilm"]) == CLI_FIGURES
     assert payload["ranking"] == {"real_time_mobile": ["minilm"]}
-    assert "[minilm] corpus 1400/1400" in err
+    assert "[minilm] corpus 1398/1398" in err and "[minilm] latency 20/20" in err
     newest = list_runs(shared_home)[0]
     assert newest.data["limit_queries"] == 20 and newest.data["queries"] == 20
 
@@ -121,6 +123,9 @@ def test_cli_eval_errors_are_one_clear_line(
     assert _cli([*base, "--split", "dev"]) == 2
     out, err = capfd.readouterr()
     assert out == "" and "qrels/dev.tsv not found (splits here: minus1_pairs, test)" in err
+    assert _cli([*base, "--models", "minilm,nope"]) == 2
+    out, err = capfd.readouterr()
+    assert out == "" and "unknown model 'nope'" in err
 
 
 @pytest.mark.slow

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import App, ComposeResult
-from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState
 
 from tui.commands import PaneCommands
 from tui.keys import APP_BINDINGS, check_keymap
-from tui.messages import EngineReady, IndexFinished, IndexOpened, ModelReady
+from tui.messages import EngineReady, FirstPaint, IndexFinished, IndexOpened, ModelReady
 from tui.panes.base import Pane
 from tui.panes.compare import ComparePane, ModelRow, load_runs
 from tui.panes.index import IndexPane
@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).parent
 PANES = ("search", "index", "compare", "metrics")
+PANE_FOCUS = {
+    "search": "#query",
+    "index": "#folder",
+    "compare": "#models",
+    "metrics": "#metrics-pane",
+}
 
 
 def default_index_name(corpus: Path) -> str:
@@ -81,6 +87,7 @@ class EmbedscopeApp(App[None]):
         self._loaded_models: set[str] = set()
         self._landing_after_index = False
         self._startup_problems: list[str] = []
+        self.first_paint_at: float | None = None
         try:
             self.settings = AppSettings.load(settings_path)
         except SettingsError as exc:
@@ -125,13 +132,22 @@ class EmbedscopeApp(App[None]):
         for problem in self._startup_problems:
             self.notify(problem, severity="warning", timeout=10)
         self.watch(self, "theme", self._remember_theme, init=False)
+        self.query_one("#query", Input).focus()
+        self.call_after_refresh(self._first_paint)
+
+    def _first_paint(self) -> None:
+        """Heavy work starts only once a frame is on screen, so start-up never looks frozen."""
+        self.first_paint_at = time.perf_counter()
+        self.post_message(FirstPaint())
+
+    @on(FirstPaint)
+    def _start_loading(self) -> None:
         self.load_catalog()
         if self.start_engine:
-            self.set_status("Loading the search engine…")
+            self.set_status("Loading the search engine (faiss, torch)…")
             self.boot()
         else:
             self.set_status("Engine not started.")
-        self.query_one("#query", Input).focus()
 
     async def on_unmount(self) -> None:
         if self.engine is not None:
@@ -304,8 +320,30 @@ class EmbedscopeApp(App[None]):
         compare.set_models(rows)
 
     def action_show_pane(self, name: str) -> None:
-        if name in PANES:
-            self.query_one("#panes", TabbedContent).active = name
+        """Focus moves with the pane: focus left in a hidden pane would switch straight back."""
+        if name not in PANES:
+            return
+        tabs = self.query_one("#panes", TabbedContent)
+        tabs.active = name
+        self._focus_pane(name)
+
+    def _focus_pane(self, name: str) -> None:
+        target = PANE_FOCUS.get(name)
+        if target is not None:
+            self.query_one(target).focus()
+        else:
+            self.query_one("#panes", TabbedContent).query_one(Tabs).focus()
+
+    @on(TabbedContent.TabActivated, "#panes")
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        pane = event.pane.id or ""
+        focused = self.focused
+        if (
+            focused is not None
+            and not isinstance(focused, Tabs)
+            and pane not in {a.id for a in focused.ancestors_with_self}
+        ):
+            self._focus_pane(pane)
 
     def action_help(self) -> None:
         from tui.widgets.modals import HelpScreen

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 if TYPE_CHECKING:
     from engine import Engine
     from engine.index import CorpusIndex, IndexProgress, IndexReport, SearchHit
+
+
+class FirstPaint(Message):
+    """The first frame is on screen; heavy imports may start now."""
 
 
 class EngineReady(Message):
@@ -67,13 +71,3 @@ class ResultsReady(Message):
         self.query = query
         self.hits = hits
         self.seconds = seconds
-
-
-class StatusChanged(Message):
-    """A line for the status bar; `busy` shows the spinner-like marker."""
-
-    def __init__(self, text: str, *, busy: bool = False, extra: Any = None) -> None:
-        super().__init__()
-        self.text = text
-        self.busy = busy
-        self.extra = extra

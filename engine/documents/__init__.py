@@ -3,6 +3,7 @@
 from engine.documents.chunking import Chunk, Chunker, page_for_offset
 from engine.documents.discovery import discover
 from engine.documents.loaders import (
+    LOADER_VERSION,
     SUPPORTED_SUFFIXES,
     TYPE_BY_SUFFIX,
     DocumentError,
@@ -12,6 +13,7 @@ from engine.documents.loaders import (
 )
 
 __all__ = [
+    "LOADER_VERSION",
     "SUPPORTED_SUFFIXES",
     "TYPE_BY_SUFFIX",
     "Chunk",

@@ -2,6 +2,11 @@
 
 Every failure is a `DocumentError` naming the file and a reason a user can act on, so the indexer
 can report bad files and carry on with the rest.
+
+Metadata is normalised across file types (markdown front matter, rst docinfo, HTML `<meta>`, PDF
+document info all give `author`, `date` as ISO text, `tags` as a list) so one filter covers every
+type; for the same reason every document in a subfolder gets `folder` and, unless it names one
+itself, `category` = its first folder.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ TYPE_BY_SUFFIX: dict[str, str] = {
     ".csv": "csv",
 }
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(TYPE_BY_SUFFIX)
+# Bumped whenever a loader's output changes for the same bytes, so indexes re-read their files.
+LOADER_VERSION = 2
 
 _BINARY_PROBE = 8192
 _MB = 1_000_000
-_FILE_FIELDS = ("path", "type", "size", "mtime", "modified")
+_FILE_FIELDS = ("path", "type", "size", "mtime", "modified", "folder")
 
 
 class DocumentError(ValueError):
@@ -105,8 +112,18 @@ def load_file(
     csv_text_column: str = "text",
     csv_id_column: str = "id",
     csv_title_column: str = "title",
+    skipped: list[DocumentError] | None = None,
 ) -> list[LoadedDocument]:
-    """Load one file; unknown suffixes (picked up by include globs) are read as plain text."""
+    """Load one file; unknown suffixes (picked up by include globs) are read as plain text.
+
+    Blank rows of jsonl/json/csv files are left out and, when `skipped` is given, reported there
+    with their line, so one empty row never costs the rest of the file.
+
+    Every document (all types, every row) under a subfolder of `root` gets `folder` (its parent
+    folder, posix) and, when its own metadata has no non-blank `category`, `category` = the first
+    folder of its path (`astronomy/black-holes.md` -> `astronomy`), so a `category=` filter
+    covers files that cannot carry metadata. An explicit `category` always wins.
+    """
     info = _file_info(path, root)
     if info.size == 0:
         raise DocumentError(path, "empty file")
@@ -118,11 +135,13 @@ def load_file(
         return [_single(info, title, text, meta, pages)]
     raw = _decode(path, data)
     if info.doc_type == "jsonl":
-        return _rows_to_documents(info, _parse_jsonl(path, raw))
+        return _rows_to_documents(info, _parse_jsonl(path, raw, skipped))
     if info.doc_type == "json":
-        return _rows_to_documents(info, _parse_json(path, raw))
+        return _rows_to_documents(info, _parse_json(path, raw, skipped))
     if info.doc_type == "csv":
-        rows = _parse_csv(path, raw, csv_text_column, csv_id_column, csv_title_column, max_bytes)
+        rows = _parse_csv(
+            path, raw, csv_text_column, csv_id_column, csv_title_column, max_bytes, skipped
+        )
         return _rows_to_documents(info, rows)
     parse: Callable[[Path, str], tuple[str, str, dict[str, Any]]] = _TEXT_PARSERS.get(
         info.doc_type, _parse_text
@@ -242,8 +261,17 @@ def _rows_to_documents(info: _FileInfo, rows: Iterable[_Row]) -> list[LoadedDocu
 
 
 def _with_file_fields(meta: Mapping[str, Any], info: _FileInfo) -> dict[str, Any]:
-    """File facts win over same-named user fields: filters on `type` or `path` must be reliable."""
+    """File facts win over same-named user fields: filters on `type` or `path` must be reliable.
+
+    `category` is the exception: the document's own value wins, the folder only fills a gap.
+    """
     merged = {k: v for k, v in meta.items() if k not in _FILE_FIELDS}
+    folder, _, _ = info.rel.rpartition("/")
+    if folder:
+        merged["folder"] = folder
+        category = merged.get("category")
+        if category is None or (isinstance(category, str) and not category.strip()):
+            merged["category"] = folder.split("/", 1)[0]
     merged["path"] = info.rel
     merged["type"] = info.doc_type
     merged["size"] = info.size
@@ -255,7 +283,12 @@ def _with_file_fields(meta: Mapping[str, Any], info: _FileInfo) -> dict[str, Any
 
 
 def _content_hash(title: str, text: str, meta: Mapping[str, Any]) -> str:
-    """Hash only what belongs to this document, so editing one row leaves its siblings' hashes."""
+    """Hash only what belongs to this document, so editing one row leaves its siblings' hashes.
+
+    `meta` is the document's own metadata, before file fields are added. `folder` and a
+    folder-derived `category` are left out on purpose: both follow from the path, which is the
+    document key, so they can only change together with the key (a new document anyway).
+    """
     own = {k: v for k, v in meta.items() if k not in _FILE_FIELDS}
     payload = json.dumps(
         {"title": title, "text": text, "metadata": own}, sort_keys=True, ensure_ascii=False
@@ -280,8 +313,57 @@ def _jsonable(value: Any, path: Path, field: str) -> Any:
     raise DocumentError(path, f"field '{field}' has unsupported type {type(value).__name__}")
 
 
+_DATE_FORMATS = ("%d %B %Y", "%d %b %Y", "%B %d, %Y", "%b %d, %Y", "%Y/%m/%d")
+
+
+def _iso_date(value: str) -> str:
+    """ISO text so `date>=` filters compare dates; an unrecognised form is kept as written."""
+    text = value.strip()
+    for parse in (dt.date.fromisoformat, dt.datetime.fromisoformat):
+        try:
+            return parse(text).isoformat()
+        except ValueError:
+            continue
+    for fmt in _DATE_FORMATS:
+        try:
+            return dt.datetime.strptime(text, fmt).date().isoformat()
+        except ValueError:
+            continue
+    return text
+
+
+def _split_list(value: str) -> list[str]:
+    """Keyword fields are written `a, b` or `a; b`; both become a list of tags."""
+    return [part.strip() for part in re.split(r"[,;]", value) if part.strip()]
+
+
+_MAX_TITLE_LINE = 120
+_SETEXT_UNDERLINE = re.compile(r"^\s{0,3}(=+|-+)\s*$")
+_HASH_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
+
+
+def _first_line_title(text: str) -> str | None:
+    """The first line when it reads as a heading: short, standing alone or underlined.
+
+    A line ending like a sentence (`.`, `,`, `;`, `:`) is a one-line paragraph, not a title.
+    """
+    lines = text.split("\n")
+    first = lines[0].strip()
+    if not first or len(first) > _MAX_TITLE_LINE or first.startswith(".."):
+        return None
+    following = lines[1] if len(lines) > 1 else None
+    if match := _HASH_HEADING.match(first):
+        return match.group(1)
+    if following is not None and _SETEXT_UNDERLINE.match(following):
+        return first
+    if following is None or following.strip() or first[-1] in ".,;:":
+        return None
+    return first if any(ch.isalnum() for ch in first) else None
+
+
 def _parse_text(path: Path, raw: str) -> tuple[str, str, dict[str, Any]]:
-    return _require_text(path, raw), path.stem, {}
+    text = _require_text(path, raw)
+    return text, _first_line_title(text) or path.stem, {}
 
 
 _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
@@ -338,12 +420,16 @@ def _markdown_heading(text: str) -> str | None:
 
 
 _RST_ADORNMENT = re.compile(r"""^([=\-`:'"~^_*+#<>.])\1+\s*$""")
+_RST_FIELD = re.compile(r"^:(?![:\s])([^:`]+?):(?:\s+(.*))?$")
+_RST_LIST_FIELDS = frozenset({"tags", "keywords", "authors"})
 
 
 def _parse_rst(path: Path, raw: str) -> tuple[str, str, dict[str, Any]]:
-    text = _require_text(path, raw)
+    lines = raw.strip("\n").split("\n")
+    meta, lines = _rst_docinfo(lines)
+    text = _require_text(path, "\n".join(lines))
     lines = text.split("\n")
-    title = path.stem
+    title = None
     for i in range(len(lines) - 1):
         candidate = lines[i].strip()
         under = lines[i + 1].rstrip()
@@ -355,7 +441,64 @@ def _parse_rst(path: Path, raw: str) -> tuple[str, str, dict[str, Any]]:
         ):
             title = candidate
             break
-    return text, title, {}
+    return text, title or _first_line_title(text) or path.stem, meta
+
+
+def _rst_title_end(lines: list[str], i: int) -> int:
+    """Index after a title block (overlined or not) starting at `i`; `i` when there is none."""
+    n = len(lines)
+    if (
+        i + 2 < n
+        and _RST_ADORNMENT.match(lines[i].strip())
+        and lines[i + 1].strip()
+        and _RST_ADORNMENT.match(lines[i + 2].strip())
+    ):
+        return i + 3
+    if i + 1 < n and lines[i].strip() and _RST_ADORNMENT.match(lines[i + 1].strip()):
+        return i + 2
+    return i
+
+
+def _rst_docinfo(lines: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The field list right after the title (or at the very top) is docutils' docinfo.
+
+    It is metadata, not prose, so it moves out of the text; `date` becomes ISO text and tags,
+    keywords and authors become lists, matching what markdown front matter gives.
+    """
+
+    def skip_blank(i: int) -> int:
+        while i < len(lines) and not lines[i].strip():
+            i += 1
+        return i
+
+    start = skip_blank(_rst_title_end(lines, skip_blank(0)))
+    fields: list[tuple[str, list[str]]] = []
+    end = start
+    while end < len(lines):
+        line = lines[end]
+        if match := _RST_FIELD.match(line):
+            fields.append((match.group(1), [match.group(2) or ""]))
+        elif fields and line[:1] in (" ", "\t") and line.strip():
+            fields[-1][1].append(line.strip())
+        else:
+            break
+        end += 1
+    if not fields:
+        return {}, lines
+    meta: dict[str, Any] = {}
+    for name, parts in fields:
+        key = "_".join(name.lower().split())
+        value = " ".join(part for part in parts if part)
+        if not value:
+            continue
+        if key in _RST_LIST_FIELDS:
+            key = "tags" if key == "keywords" else key
+            meta[key] = [*meta.get(key, []), *_split_list(value)]
+        elif key == "date":
+            meta[key] = _iso_date(value)
+        else:
+            meta[key] = value
+    return meta, lines[:start] + lines[skip_blank(end) :]
 
 
 _HTML_DROP = frozenset({"script", "style", "noscript", "template", "head", "svg", "iframe"})
@@ -368,6 +511,20 @@ _HTML_BLOCK = frozenset(
     }
 )  # fmt: skip
 _HTML_CELL = frozenset({"td", "th"})
+_HTML_CHROME = frozenset({"nav", "aside", "button"})
+_HTML_PAGE_CHROME = frozenset({"header", "footer"})
+_HTML_CONTENT = ("article", "main")
+_HTML_CHROME_ROLES = frozenset({"navigation", "banner", "contentinfo", "complementary", "search"})
+_HTML_META: dict[str, str] = {
+    "author": "author",
+    "dc.creator": "author",
+    "date": "date",
+    "article:published_time": "date",
+    "dc.date": "date",
+    "dcterms.date": "date",
+    "keywords": "tags",
+    "description": "description",
+}
 
 
 def _parse_html(path: Path, raw: str) -> tuple[str, str, dict[str, Any]]:
@@ -377,12 +534,60 @@ def _parse_html(path: Path, raw: str) -> tuple[str, str, dict[str, Any]]:
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     if not title and (h1 := soup.find("h1")):
         title = h1.get_text(" ", strip=True)
-    text = _require_text(path, _html_visible_text(soup))
-    return text, " ".join(title.split()) or path.stem, {}
+    visible = _html_visible_text(soup, drop_chrome=True)
+    if not visible.strip():
+        visible = _html_visible_text(soup, drop_chrome=False)
+    text = _require_text(path, visible)
+    return text, " ".join(title.split()) or path.stem, _html_metadata(soup)
 
 
-def _html_visible_text(soup: Any) -> str:
-    """Iterative walk (deeply nested pages must not hit the recursion limit)."""
+def _html_metadata(soup: Any) -> dict[str, Any]:
+    """`<meta name=...>` (or OpenGraph `property=`) and `<html lang>`; the first of each wins."""
+    meta: dict[str, Any] = {}
+    for tag in soup.find_all("meta"):
+        name = str(tag.get("name") or tag.get("property") or "").strip().lower()
+        key = _HTML_META.get(name)
+        content = " ".join(str(tag.get("content") or "").split())
+        if key is None or not content or key in meta:
+            continue
+        if key == "tags":
+            meta[key] = _split_list(content)
+        elif key == "date":
+            meta[key] = _iso_date(content)
+        else:
+            meta[key] = content
+    html = soup.find("html")
+    lang = str(html.get("lang") or "").strip() if html is not None else ""
+    if lang:
+        meta["lang"] = lang
+    return meta
+
+
+def _is_html_chrome(node: Any) -> bool:
+    """Navigation, banners, forms and hidden parts repeat on every page and drown the content.
+
+    `<header>`/`<footer>` inside `<article>`/`<main>` hold the headline and byline, so they stay;
+    a `<form>` wrapping the content (ASP.NET pages wrap the whole body) stays too.
+    """
+    name = node.name
+    if name in _HTML_CHROME:
+        return True
+    if name == "form" and node.find(_HTML_CONTENT) is None:
+        return True
+    if name in _HTML_PAGE_CHROME and node.find_parent(_HTML_CONTENT) is None:
+        return True
+    if str(node.get("aria-hidden") or "").strip().lower() == "true":
+        return True
+    roles = node.get("role") or ""
+    roles = roles.split() if isinstance(roles, str) else roles
+    return any(role.lower() in _HTML_CHROME_ROLES for role in roles)
+
+
+def _html_visible_text(soup: Any, *, drop_chrome: bool) -> str:
+    """Iterative walk (deeply nested pages must not hit the recursion limit).
+
+    Without `drop_chrome` it is the fallback for pages made only of chrome-like markup.
+    """
     from bs4 import CData, NavigableString, Tag
 
     parts: list[str] = []
@@ -397,7 +602,11 @@ def _html_visible_text(soup: Any) -> str:
                 parts.append(raw if node.find_parent("pre") else re.sub(r"\s+", " ", raw))
         elif isinstance(node, Tag):
             name = node.name
-            if name in _HTML_DROP or node.has_attr("hidden"):
+            if (
+                name in _HTML_DROP
+                or node.has_attr("hidden")
+                or (drop_chrome and _is_html_chrome(node))
+            ):
                 continue
             if name == "br":
                 parts.append("\n")
@@ -420,9 +629,7 @@ def _parse_pdf(path: Path, data: bytes) -> tuple[str, str, dict[str, Any], list[
         if reader.is_encrypted and not reader.decrypt(""):
             raise DocumentError(path, "encrypted PDF (needs a password); save a decrypted copy")
         page_texts = [(page.extract_text() or "") for page in reader.pages]
-        info = reader.metadata
-        meta_title = (info.title or "") if info is not None else ""
-        author = (info.author or "") if info is not None else ""
+        fields = _pdf_info(reader.metadata)
     except DocumentError:
         raise
     except Exception as exc:  # pypdf raises many unrelated types on malformed files
@@ -442,12 +649,65 @@ def _parse_pdf(path: Path, data: bytes) -> tuple[str, str, dict[str, Any], list[
     if not parts:
         raise DocumentError(path, "no extractable text (scanned PDF?)")
     meta: dict[str, Any] = {"page_count": len(page_texts)}
-    if author.strip():
-        meta["author"] = author.strip()
-    return "\n\n".join(parts), meta_title.strip() or path.stem, meta, pages
+    for key in ("author", "subject"):
+        if fields.get(key):
+            meta[key] = fields[key]
+    if tags := _split_list(fields.get("keywords", "")):
+        meta["tags"] = tags
+    if date := _pdf_date(fields.get("created", "")):
+        meta["date"] = date
+    return "\n\n".join(parts), fields.get("title") or path.stem, meta, pages
 
 
-def _row_from_mapping(path: Path, obj: Mapping[str, Any], where: str, fallback_id: int) -> _Row:
+def _pdf_info(info: Any) -> dict[str, str]:
+    """The document-info strings that are set; pypdf resolves indirect objects and encodings."""
+    if info is None:
+        return {}
+    raw = {
+        "title": info.title,
+        "author": info.author,
+        "subject": info.subject,
+        "keywords": info.keywords,
+        "created": info.creation_date_raw,
+    }
+    return {key: " ".join(str(value).split()) for key, value in raw.items() if value}
+
+
+_PDF_DATE = re.compile(
+    r"^(?:D:)?(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:(Z)|([+-])(\d{2})'?(\d{2})?'?)?"
+)
+
+
+def _pdf_date(raw: str) -> str | None:
+    """PDF dates (`D:YYYYMMDDHHmmSS+HH'mm'`, every part after the year optional) as ISO text.
+
+    A malformed date is dropped rather than failing the whole PDF: the text is what matters.
+    """
+    match = _PDF_DATE.match(raw)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, zulu, sign, tz_h, tz_m = match.groups()
+    try:
+        if hour is None:
+            return dt.date(int(year), int(month or 1), int(day or 1)).isoformat()
+        tz = None
+        if zulu:
+            tz = dt.UTC
+        elif sign:
+            offset = dt.timedelta(hours=int(tz_h), minutes=int(tz_m or 0))
+            tz = dt.timezone(-offset if sign == "-" else offset)
+        stamp = dt.datetime(
+            int(year), int(month), int(day), int(hour), int(minute or 0), int(second or 0),
+            tzinfo=tz,
+        )  # fmt: skip
+    except ValueError:
+        return None
+    return stamp.isoformat()
+
+
+def _row_from_mapping(
+    path: Path, obj: Mapping[str, Any], where: str, fallback_id: int
+) -> _Row | None:
     """BEIR layout: `_id` (or `id`), `title`, `text`; every other field becomes metadata."""
     text = obj.get("text")
     if text is None:
@@ -472,22 +732,29 @@ def _row_from_mapping(path: Path, obj: Mapping[str, Any], where: str, fallback_i
 
 def _make_row(
     path: Path, row_id: str, title: str, text: str, meta: dict[str, Any], where: str
-) -> _Row:
-    """Rows with an empty text but a title (BEIR has some) are indexed by their title."""
+) -> _Row | None:
+    """Rows with an empty text but a title (BEIR has some) are indexed by their title; a row
+    with neither is None, so one blank row skips itself instead of failing the whole file."""
     title = title.strip()
     body = text.strip() or title
     if not body:
-        raise DocumentError(path, f"empty document ({where}, id {row_id!r})")
+        return None
     if not title:
         first_line = body.split("\n", 1)[0]
         title = first_line if len(first_line) <= 80 else first_line[:79].rstrip() + "…"
     return _Row(row_id, title, body, meta)
 
 
-def _check_unique(path: Path, rows: Iterable[tuple[_Row, str]]) -> list[_Row]:
+def _check_unique(
+    path: Path, rows: Iterable[tuple[_Row | None, str]], skipped: list[DocumentError] | None
+) -> list[_Row]:
     seen: dict[str, str] = {}
     out: list[_Row] = []
     for row, where in rows:
+        if row is None:
+            if skipped is not None:
+                skipped.append(DocumentError(path, f"{where}: empty row (no title or text)"))
+            continue
         if row.row_id in seen:
             raise DocumentError(
                 path, f"duplicate id {row.row_id!r} at {where} (first at {seen[row.row_id]})"
@@ -499,8 +766,8 @@ def _check_unique(path: Path, rows: Iterable[tuple[_Row, str]]) -> list[_Row]:
     return out
 
 
-def _parse_jsonl(path: Path, raw: str) -> list[_Row]:
-    def rows() -> Iterable[tuple[_Row, str]]:
+def _parse_jsonl(path: Path, raw: str, skipped: list[DocumentError] | None) -> list[_Row]:
+    def rows() -> Iterable[tuple[_Row | None, str]]:
         for number, line in enumerate(raw.split("\n"), start=1):
             if not line.strip():
                 continue
@@ -517,10 +784,10 @@ def _parse_jsonl(path: Path, raw: str) -> list[_Row]:
                 )
             yield _row_from_mapping(path, obj, where, number), where
 
-    return _check_unique(path, rows())
+    return _check_unique(path, rows(), skipped)
 
 
-def _parse_json(path: Path, raw: str) -> list[_Row]:
+def _parse_json(path: Path, raw: str, skipped: list[DocumentError] | None) -> list[_Row]:
     try:
         loaded = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -533,7 +800,7 @@ def _parse_json(path: Path, raw: str) -> list[_Row]:
             path, f"JSON must be an object or a list of objects, got {type(loaded).__name__}"
         )
 
-    def rows() -> Iterable[tuple[_Row, str]]:
+    def rows() -> Iterable[tuple[_Row | None, str]]:
         for number, obj in enumerate(items, start=1):
             where = f"item {number}"
             if not isinstance(obj, dict):
@@ -542,7 +809,7 @@ def _parse_json(path: Path, raw: str) -> list[_Row]:
                 )
             yield _row_from_mapping(path, obj, where, number), where
 
-    return _check_unique(path, rows())
+    return _check_unique(path, rows(), skipped)
 
 
 def _parse_csv(
@@ -552,6 +819,7 @@ def _parse_csv(
     id_column: str,
     title_column: str,
     max_bytes: int,
+    skipped: list[DocumentError] | None,
 ) -> list[_Row]:
     csv.field_size_limit(max(csv.field_size_limit(), max_bytes))
     reader = csv.DictReader(io.StringIO(raw, newline=""))
@@ -566,7 +834,7 @@ def _parse_csv(
             f"CSV has no {text_column!r} column (columns: {listed}); set documents.csv_text_column",
         )
 
-    def rows() -> Iterable[tuple[_Row, str]]:
+    def rows() -> Iterable[tuple[_Row | None, str]]:
         try:
             for number, record in enumerate(reader, start=1):
                 where = f"line {reader.line_num}"
@@ -584,7 +852,7 @@ def _parse_csv(
         except csv.Error as exc:
             raise DocumentError(path, f"invalid CSV on line {reader.line_num}: {exc}") from None
 
-    return _check_unique(path, rows())
+    return _check_unique(path, rows(), skipped)
 
 
 _TEXT_PARSERS: dict[str, Callable[[Path, str], tuple[str, str, dict[str, Any]]]] = {

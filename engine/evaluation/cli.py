@@ -100,7 +100,7 @@ def _print_table(summary: dict[str, Any], keys: tuple[str, ...], run: EvalRun) -
     for name in names:
         row = summary["models"][name]
         cells = [f"{row[k]:>10.4f}" for k in keys]
-        cells += [f"{row[k]:>10.1f}" for k in FIGURES[:4] if row[k] is not None]
+        cells += [f"{row[k]:>10.1f}" if row[k] is not None else f"{'-':>10}" for k in FIGURES[:4]]
         cells.append(f"{row['cost_per_1k']:>10.4f}")
         print(f"{name:<{width}}  " + "  ".join(cells))
     print()

@@ -62,6 +62,18 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def ensure_available(engine: Engine, models: Sequence[str]) -> None:
+    """Fail before any work when one named model cannot run, instead of after the others."""
+    from engine.models import ModelError
+
+    if not models:
+        raise ValueError("name at least one model to evaluate")
+    for name in models:
+        availability = engine.registry.check(name)
+        if not availability.available:
+            raise ModelError(f"model '{name}' cannot be evaluated: {availability.reason}")
+
+
 async def load_measured(engine: Engine, name: str) -> MemoryFigures:
     model = await engine.embeddings.model(name)
     already = model.info().loaded

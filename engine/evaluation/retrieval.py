@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.evaluation.beir import BeirDataset, load_beir
-from engine.evaluation.measure import ProgressFn, embed_texts, load_measured, measure_model
+from engine.evaluation.measure import (
+    ProgressFn,
+    embed_texts,
+    ensure_available,
+    load_measured,
+    measure_model,
+)
 from engine.evaluation.runs import EvalRun, load_run, save_run
 from engine.evaluation.scoring import load_use_cases, rank
 
@@ -126,8 +132,7 @@ async def run_retrieval_eval(
     progress: ProgressFn | None = None,
 ) -> EvalRun:
     """Evaluate each model, rank them per use case and save the run; returns the saved run."""
-    if not models:
-        raise ValueError("name at least one model to evaluate")
+    ensure_available(engine, models)
     cases = load_use_cases(engine.config, use_cases)
     dataset = load_beir(dataset_path, split, limit_queries=limit_queries)
     figures = {name: await evaluate_model(engine, dataset, name, progress) for name in models}
@@ -139,6 +144,7 @@ async def run_retrieval_eval(
         "split": split,
         "queries": len(dataset.query_ids),
         "documents": len(dataset.doc_ids),
+        "empty_documents": sum(1 for t in dataset.doc_texts if not t.strip()),
         "missing_queries": dataset.missing_queries,
         "limit_queries": limit_queries,
         "metrics": list(METRICS),

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.evaluation.beir import DatasetError
-from engine.evaluation.measure import ProgressFn, embed_texts, load_measured, measure_model
+from engine.evaluation.measure import (
+    ProgressFn,
+    embed_texts,
+    ensure_available,
+    load_measured,
+    measure_model,
+)
 from engine.evaluation.runs import EvalRun, load_run, save_run
 from engine.evaluation.scoring import load_use_cases, rank
 
@@ -122,8 +128,7 @@ async def run_sts_eval(
     progress: ProgressFn | None = None,
 ) -> EvalRun:
     """Evaluate each model on one STS file, rank per use case and save the run."""
-    if not models:
-        raise ValueError("name at least one model to evaluate")
+    ensure_available(engine, models)
     cases = load_use_cases(engine.config, use_cases)
     pairs = load_sts(path, limit=limit)
     figures = {name: await evaluate_model(engine, pairs, name, progress) for name in models}

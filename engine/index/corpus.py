@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.documents import (
+    LOADER_VERSION,
     Chunker,
     DocumentError,
     LoadedDocument,
@@ -125,6 +126,7 @@ def new_vector_store(config: Config, dim: int, index_type: str) -> Any:
         hnsw_m=opts["hnsw_m"],
         hnsw_ef_search=opts["hnsw_ef_search"],
         hnsw_ef_construction=opts["hnsw_ef_construction"],
+        ivf_nlist=opts["ivf_nlist"],
         ivf_nprobe=opts["ivf_nprobe"],
         auto_hnsw_threshold=opts["auto_hnsw_threshold"],
     )
@@ -154,6 +156,10 @@ class _Prepared:
     stale: list[str]
     file_hash: str
     failure: FileFailure | None = None
+    # Rows of a multi-row file that were left out (blank), each with its line.
+    skipped: list[FileFailure] = field(default_factory=list)
+    # True when the file's bytes are unchanged: its documents need no write at all.
+    same_file: bool = False
 
 
 class CorpusIndex:
@@ -336,6 +342,8 @@ class CorpusIndex:
         for row in await asyncio.to_thread(lambda: list(self.store.iter_documents())):
             by_path.setdefault(row.path, {})[row.key] = row
         batches_before = self._model_batches()
+        # Files whose bytes match are skipped unparsed, unless the loaders changed since.
+        trust_hashes = self.manifest.get("loader_version") == LOADER_VERSION
         state = {"files": 0, "chunks": 0, "tokens": 0}
 
         def emit(phase: str, current: str = "") -> None:
@@ -384,15 +392,16 @@ class CorpusIndex:
                 rel = relative_key_path(file, source)
                 seen.add(rel)
                 prepared = await asyncio.to_thread(
-                    self._prepare, file, source, rel, by_path.get(rel, {})
+                    self._prepare, file, source, rel, by_path.get(rel, {}), trust_hashes
                 )
                 state["files"] += 1
+                report.failed.extend(prepared.skipped)
                 if prepared.failure is not None:
                     report.failed.append(prepared.failure)
                     emit("indexing", rel)
                     continue
                 report.unchanged += len(prepared.unchanged)
-                if prepared.unchanged:
+                if prepared.unchanged and not prepared.same_file:
                     await asyncio.to_thread(
                         self.store.set_file_hash, prepared.unchanged, prepared.file_hash
                     )
@@ -437,16 +446,26 @@ class CorpusIndex:
         return int(self.service.metrics.snapshot().get(self.model_name, {}).get("batches", 0))
 
     def _prepare(
-        self, file: Path, source: Path, rel: str, existing: dict[str, DocumentRow]
+        self,
+        file: Path,
+        source: Path,
+        rel: str,
+        existing: dict[str, DocumentRow],
+        trust_hashes: bool,
     ) -> _Prepared:
         """Runs in a thread: hash, and only if the file changed, load and chunk it."""
         try:
             fingerprint = file_fingerprint(file)
         except OSError as exc:
             return _Prepared(rel, [], [], [], "", FileFailure(rel, f"cannot read: {exc}"))
-        if existing and all(row.file_hash == fingerprint for row in existing.values()):
-            return _Prepared(rel, [], [], [], fingerprint)
+        if (
+            trust_hashes
+            and existing
+            and all(row.file_hash == fingerprint for row in existing.values())
+        ):
+            return _Prepared(rel, [], list(existing), [], fingerprint, same_file=True)
         docs_cfg = self.config.documents
+        skipped: list[DocumentError] = []
         try:
             docs = load_file(
                 file,
@@ -455,6 +474,7 @@ class CorpusIndex:
                 csv_text_column=docs_cfg["csv_text_column"],
                 csv_id_column=docs_cfg["csv_id_column"],
                 csv_title_column=docs_cfg["csv_title_column"],
+                skipped=skipped,
             )
         except DocumentError as exc:
             return _Prepared(rel, [], [], [], fingerprint, FileFailure(rel, exc.reason))
@@ -484,7 +504,8 @@ class CorpusIndex:
         changed_keys = {d.key for d in changed}
         unchanged = [d.key for d in docs if d.key not in changed_keys]
         stale = [key for key in existing if key not in loaded]
-        return _Prepared(rel, to_embed, unchanged, stale, fingerprint)
+        rows_left_out = [FileFailure(rel, e.reason) for e in skipped]
+        return _Prepared(rel, to_embed, unchanged, stale, fingerprint, skipped=rows_left_out)
 
     def _commit(self, items: list[_Pending], vecs: np.ndarray | None) -> None:
         """SQLite first (one transaction), then FAISS: a crash in between is reconciled."""
@@ -518,6 +539,8 @@ class CorpusIndex:
             last_indexed=time.time(),
             complete=not cancelled,
         )
+        if not cancelled:
+            self.manifest["loader_version"] = LOADER_VERSION
         self.store.set_manifest(self.manifest)
         write_manifest(self.folder, self.manifest)
 

@@ -24,7 +24,9 @@ from engine.models.sources import (
 )
 
 SOURCES = ("package", "parts", "path", "hub_id")
-KINDS = ("sentence-transformers", "openai")
+KINDS = ("sentence-transformers", "model2vec", "openai")
+FINETUNED = "finetuned"
+LINEAGE = "lineage.json"
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,22 @@ class ModelSpec:
                 )
             if "parts" in options and "parts_folder" not in options:
                 raise ModelError(f"{where}: model '{name}' with parts needs parts_folder")
+        elif kind == "model2vec":
+            if name == FINETUNED:
+                raise ModelError(
+                    f"{where}: '{FINETUNED}' is reserved (it holds fine-tuned models); rename it"
+                )
+            source = options.get("distill_from")
+            declared = config.models.get(source) if isinstance(source, str) else None
+            if declared is None or declared.get("kind") != "sentence-transformers":
+                raise ModelError(
+                    f"{where}: model2vec model '{name}' needs distill_from: the name of a declared "
+                    f"sentence-transformers model (got {source!r})"
+                )
+            if options.get("pca_dims", 256) <= 0 or options.get("max_seq_length", 1) <= 0:
+                raise ModelError(
+                    f"{where}: model '{name}': pca_dims and max_seq_length must be positive"
+                )
         else:
             missing = [
                 k for k in ("model", "base_url", "api_key_env", "dimensions") if k not in options
@@ -118,11 +136,47 @@ class ModelRegistry:
         self._instances: dict[str, EmbeddingModel] = {}
         self._lock = threading.Lock()
         self._digests = _DigestCache(self.models_dir / "digests.json")
+        # Fine-tuned folders whose lineage.json cannot be used: listed as unavailable, with why.
+        self._broken: dict[str, str] = {}
+        self.scan_finetuned()
+
+    def scan_finetuned(self) -> list[str]:
+        """Add every `<data_dir>/models/finetuned/*/lineage.json` model not yet known; returns the
+        names added. A fine-tuned model is a plain sentence-transformers folder, so it gets the
+        same fingerprint, cache and comparison as any declared model."""
+        added: list[str] = []
+        for lineage in sorted((self.models_dir / FINETUNED).glob(f"*/{LINEAGE}")):
+            folder = lineage.parent
+            name = folder.name
+            # Dot folders are half-written saves that never reached their final name.
+            if name in self._specs or name.startswith("."):
+                continue
+            try:
+                data = json.loads(lineage.read_text())
+                if not isinstance(data, dict):
+                    raise ValueError("expected a JSON object")
+            except (OSError, ValueError) as exc:
+                self._broken[name] = (
+                    f"{lineage} is unreadable ({exc}); delete {folder} or fine-tune it again"
+                )
+                continue
+            self._broken.pop(name, None)
+            description = str(data.get("description") or f"fine-tuned from {data.get('base')}")
+            self._specs[name] = ModelSpec(
+                name=name,
+                kind="sentence-transformers",
+                options={"path": str(folder), "description": description},
+                where=str(lineage),
+            )
+            added.append(name)
+        return added
 
     def names(self) -> list[str]:
-        return list(dict.fromkeys([*self._specs, *self._instances]))
+        return list(dict.fromkeys([*self._specs, *self._broken, *self._instances]))
 
     def spec(self, name: str) -> ModelSpec:
+        if name in self._broken:
+            raise ModelError(f"fine-tuned model '{name}': {self._broken[name]}")
         try:
             return self._specs[name]
         except KeyError:
@@ -186,6 +240,10 @@ class ModelRegistry:
                     f"model '{name}' is a remote OpenAI-compatible model: it is declared and "
                     "validated, but this version cannot embed with remote models yet"
                 )
+            if spec.kind == "model2vec":
+                model: EmbeddingModel = self._static(spec)
+                self._instances[name] = model
+                return model
             from engine.models.local import SentenceTransformerModel
 
             folder = self.resolve_folder(spec)
@@ -200,6 +258,36 @@ class ModelRegistry:
             self._instances[name] = model
             return model
 
+    def _static(self, spec: ModelSpec) -> EmbeddingModel:
+        """Distil on first use (or when the source model changed), then serve from the folder."""
+        from engine.models.static import Model2VecModel, distill_static, distilled_record
+
+        source_name = spec.options["distill_from"]
+        source_spec = self.spec(source_name)
+        source_folder = self.resolve_folder(source_spec)
+        source_fp = self.fingerprint(source_spec, source_folder)
+        pca_dims = int(spec.options.get("pca_dims", 256))
+        target = self.models_dir / spec.name
+        record = {"distill_from": source_name, "source_weights_digest": source_fp.weights_digest}
+        known = distilled_record(target)
+        if (
+            known is None
+            or known.get("source_weights_digest") != source_fp.weights_digest
+            or known.get("pca_dims") != pca_dims
+        ):
+            distill_static(spec.name, source_folder, target, pca_dims=pca_dims, record=record)
+        weights = target / "model.safetensors"
+        fingerprint = Fingerprint(
+            name=spec.name,
+            weights_digest=self._digests.get(weights),
+            dimension=pca_dims,
+            normalized=True,
+            max_seq_length=int(spec.options.get("max_seq_length", 512)),
+        )
+        return Model2VecModel(
+            spec.name, target, fingerprint, source=f"distilled from {source_name} into {target}"
+        )
+
     async def aget(self, name: str) -> EmbeddingModel:
         return await asyncio.to_thread(self.get, name)
 
@@ -208,7 +296,11 @@ class ModelRegistry:
         if name in self._instances and name not in self._specs:
             model = self._instances[name]
             return Availability(name, model.kind, True, "registered", dimension=model.dimension)
+        if name in self._broken:
+            return Availability(name, "sentence-transformers", False, self._broken[name])
         spec = self.spec(name)
+        if spec.kind == "model2vec":
+            return self._check_static(spec)
         if spec.kind == "openai":
             key_env = spec.options["api_key_env"]
             has_key = bool(os.environ.get(key_env))
@@ -246,6 +338,29 @@ class ModelRegistry:
             "ready",
             location=str(folder),
             dimension=facts["dimension"],
+            description=spec.description,
+        )
+
+    def _check_static(self, spec: ModelSpec) -> Availability:
+        from engine.models.static import distilled_record
+
+        target = self.models_dir / spec.name
+        dims = int(spec.options.get("pca_dims", 256))
+        if distilled_record(target) is not None:
+            return Availability(
+                spec.name, spec.kind, True, "ready", str(target), dims, spec.description
+            )
+        source = self.check(spec.options["distill_from"])
+        if not source.available:
+            reason = f"source model '{source.name}' is unavailable: {source.reason}"
+            return Availability(spec.name, spec.kind, False, reason, description=spec.description)
+        return Availability(
+            spec.name,
+            spec.kind,
+            True,
+            f"distilled on first use from {source.name}",
+            location=str(target),
+            dimension=dims,
             description=spec.description,
         )
 

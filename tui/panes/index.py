@@ -97,7 +97,7 @@ class IndexPane(Pane):
                     yield Button("Cancel  esc", id="cancel", variant="error", disabled=True)
             with Vertical(id="index-status"):
                 yield Static("No index open.", id="index-stats")
-                yield ProgressBar(id="progress", show_eta=False)
+                yield ProgressBar(total=1, id="progress", show_eta=False)
                 yield Static("Idle.", id="progress-line")
                 yield Label("Skipped files")
                 yield DataTable(id="skipped", cursor_type="row", zebra_stripes=True)

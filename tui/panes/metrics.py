@@ -88,6 +88,7 @@ def summarise(snapshot: dict[str, Any]) -> tuple[dict[str, str], list[float], di
 class MetricsPane(Pane):
     title = "Metrics"
     BINDINGS = METRICS_BINDINGS
+    can_focus = True
 
     def __init__(self) -> None:
         super().__init__(id="metrics-pane")

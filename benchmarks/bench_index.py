@@ -1,0 +1,159 @@
+"""Indexing throughput of `CorpusIndex.index_path` against a bare `model.encode` of its chunks.
+
+Usage: .venv/bin/python benchmarks/bench_index.py [--quick] [--docs N] [--layout jsonl|folder]
+
+SciFact documents are written to a temporary folder (one jsonl, or one .txt per document) and
+indexed into a new flat index with an empty embedding cache; the baseline is
+`SentenceTransformer.encode` over exactly the chunk texts the index stored, same batch size.
+The ratio of chunks per second is everything the pipeline adds: discovery, loading, chunking,
+cache look-ups and writes, SQLite and FAISS. Sides alternate in order between repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    SCIFACT,
+    bench_config,
+    bench_home,
+    check_positive,
+    emit,
+    load_sentence_transformer,
+    log,
+    machine,
+    median,
+    parser,
+    read_jsonl,
+)
+
+from engine import Engine
+
+BATCH = 32
+TARGET = 0.85
+
+
+def write_docs(folder: Path, docs: list[dict[str, Any]], layout: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if layout == "jsonl":
+        lines = [
+            json.dumps({"_id": d["_id"], "title": d["title"], "text": d["text"]}) for d in docs
+        ]
+        (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        for d in docs:
+            body = f"{d['title']}\n\n{d['text']}\n"
+            (folder / f"doc-{d['_id']}.txt").write_text(body, encoding="utf-8")
+    return folder
+
+
+async def time_index(home: Path, source: Path) -> dict[str, Any]:
+    """A new index with an empty cache: every chunk goes through the model once."""
+    async with Engine(bench_config(home)) as engine:
+        model = await engine.embeddings.model()
+        await model.load()
+        index = await engine.indexes.create("bench-index", index_type="flat")
+        started = time.perf_counter()
+        report = await index.index_path([source])
+        seconds = time.perf_counter() - started
+        if report.failed:
+            raise RuntimeError(f"indexing failed for {report.failed[:3]}")
+        ids = index.store.chunk_ids()
+        texts = index.store.chunk_texts(ids)
+    return {
+        "seconds": seconds,
+        "chunks": report.chunks_embedded,
+        "model_calls": report.model_calls,
+        "texts": texts,
+    }
+
+
+def time_direct(model: Any, texts: list[str]) -> float:
+    started = time.perf_counter()
+    model.encode(
+        texts,
+        batch_size=BATCH,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+    return time.perf_counter() - started
+
+
+async def run(args: Any) -> dict[str, Any]:
+    n = args.docs or (12 if args.smoke else 150 if args.quick else 1000)
+    repeats = args.repeats or (1 if args.quick else 3)
+    docs = [d for d in read_jsonl(SCIFACT / "corpus.jsonl") if d.get("text", "").strip()][:n]
+    log(f"loading sentence-transformers for the direct baseline; {n} docs x {repeats} repeats")
+    direct_model = load_sentence_transformer()
+    time_direct(direct_model, [d["title"] for d in docs[:BATCH]])
+    rows: list[dict[str, float]] = []
+    texts: list[str] = []
+    with bench_home(args.data_dir) as root:
+        run_dir = root / f"bench-index-{time.time_ns()}"
+        source = write_docs(run_dir / "source", docs, args.layout)
+        for r in range(repeats):
+            home = run_dir / f"repeat-{r}"
+            if r % 2 == 0 or not texts:
+                indexed = await time_index(home, source)
+                texts = indexed["texts"]
+                direct = time_direct(direct_model, texts)
+            else:
+                direct = time_direct(direct_model, texts)
+                indexed = await time_index(home, source)
+            log(
+                f"repeat {r + 1}: index_path {indexed['chunks']} chunks in "
+                f"{indexed['seconds']:.2f}s, direct encode {direct:.2f}s"
+            )
+            rows.append(
+                {
+                    "index_s": indexed["seconds"],
+                    "direct_s": direct,
+                    "chunks": indexed["chunks"],
+                    "model_calls": indexed["model_calls"],
+                }
+            )
+    chunks = len(texts)
+    ratio = round(median([row["direct_s"] / row["index_s"] for row in rows]), 3)
+    result: dict[str, Any] = {
+        "benchmark": "index",
+        "layout": args.layout,
+        "documents": n,
+        "chunks": chunks,
+        "repeats": repeats,
+        "batch_size": BATCH,
+        "index_vs_direct": ratio,
+        "index_chunks_per_s": round(chunks / median([row["index_s"] for row in rows]), 1),
+        "direct_chunks_per_s": round(chunks / median([row["direct_s"] for row in rows]), 1),
+        "index_s": round(median([row["index_s"] for row in rows]), 3),
+        "direct_s": round(median([row["direct_s"] for row in rows]), 3),
+        "per_repeat": [{k: round(v, 6) for k, v in row.items()} for row in rows],
+        "machine": machine(),
+        "targets": {
+            "index_vs_direct": {"value": ratio, "target": f">= {TARGET}", "met": ratio >= TARGET}
+        },
+    }
+    return result
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--docs", type=int, default=None, help="SciFact documents (default 1,000)")
+    p.add_argument(
+        "--layout",
+        choices=("jsonl", "folder"),
+        default="jsonl",
+        help="one jsonl file, or a folder with one .txt per document",
+    )
+    args = p.parse_args()
+    for name in ("repeats", "docs"):
+        check_positive(p, f"--{name}", getattr(args, name))
+    emit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

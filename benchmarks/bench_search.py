@@ -1,0 +1,332 @@
+"""Query latency over a large index of real text: flat vs HNSW, through `CorpusIndex.search`.
+
+Usage: .venv/bin/python benchmarks/bench_search.py [--quick] [--chunks N] [--data-dir DIR]
+
+Builds (or reuses, with --data-dir) a flat and an HNSW index over N distinct SciFact/Cranfield
+chunks, then times end-to-end vector queries (embed the query, search, fetch metadata). Every
+query pass opens the index with a fresh embedding service whose cache is empty, so each query
+pays the model as a newly typed query would. The raw FAISS scan and the query embedding are timed
+apart, so the engine's own overhead is the remainder. The first query pass of a process is
+reported on its own (`first_pass_query_p50_ms`): on a loaded machine it is far slower than later
+ones, which would otherwise swamp the comparison between passes. `faiss_threads_1` repeats the
+flat pass with EMBEDSCOPE_FAISS_THREADS=1, and
+`batcher_max_wait_0` with embedding.max_wait_ms=0 (no coalescing wait for a lone query).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    bench_config,
+    bench_home,
+    check_positive,
+    chunk_texts,
+    emit,
+    log,
+    machine,
+    median,
+    parser,
+    percentile,
+    queries,
+)
+
+from engine import Engine
+from engine.config import Config
+from engine.embedding import EmbeddingService
+from engine.index import CorpusIndex, IndexProgress
+from engine.models import ModelRegistry
+
+ROWS_PER_FILE = 1000
+TOP_K = 10
+TARGETS = {
+    "query_p50_ms": ("<=", 25.0),
+    "query_p95_ms": ("<=", 40.0),
+    "hnsw_query_p50_ms": ("<=", 10.0),
+    "hnsw_recall_at_10": (">=", 0.95),
+}
+
+
+def write_source(folder: Path, texts: list[str]) -> Path:
+    """One jsonl per 1,000 chunks (a realistic folder, and the indexer pipelines across files);
+    written once, so a reused --data-dir sees unchanged files and re-embeds nothing."""
+    done = folder / ".complete"
+    if done.is_file():
+        return folder / "corpus"
+    corpus = folder / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    for part, start in enumerate(range(0, len(texts), ROWS_PER_FILE)):
+        rows = texts[start : start + ROWS_PER_FILE]
+        lines = [json.dumps({"_id": str(start + i), "text": t}) for i, t in enumerate(rows)]
+        (corpus / f"part-{part:04d}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    done.write_text("ok\n", encoding="utf-8")
+    return corpus
+
+
+async def build(config: Config, name: str, index_type: str, source: Path) -> dict[str, Any]:
+    """Index the folder (embeddings come from the cache where present) and report its size."""
+    last = [0.0]
+
+    def progress(p: IndexProgress) -> None:
+        now = time.monotonic()
+        if now - last[0] > 10 or p.phase == "done":
+            last[0] = now
+            log(
+                f"  {name}: {p.phase} {p.files_done}/{p.files_total} files, "
+                f"{p.chunks_done} chunks, {p.chunks_per_s:.0f} chunks/s"
+            )
+
+    async with Engine(config) as engine:
+        index = await engine.indexes.open_or_create(name, index_type=index_type)
+        started = time.perf_counter()
+        report = await index.index_path([source], progress=progress)
+        seconds = time.perf_counter() - started
+        stats = index.stats()
+        memory = index.vectors.memory_bytes()
+        active = index.vectors.active_type
+    return {
+        "seconds": seconds,
+        "chunks": stats.chunks,
+        "embedded": report.chunks_embedded,
+        "model_calls": report.model_calls,
+        "disk_bytes": stats.bytes_on_disk,
+        "memory_bytes": memory,
+        "active_type": active,
+    }
+
+
+async def query_pass(
+    config: Config,
+    name: str,
+    measured: list[str],
+    warmup: list[str],
+    *,
+    threads: int | None = None,
+    embed_probe: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Cold queries through CorpusIndex.search, then the FAISS scan alone on the same vectors.
+
+    `threads` is applied the way a user would, through EMBEDSCOPE_FAISS_THREADS while the index
+    opens, and also on this thread for the scan-only timing (OpenMP's count is per thread).
+    """
+    import faiss
+
+    from engine.store.faiss_store import THREADS_ENV, configure_faiss_threads
+
+    default_threads = faiss.omp_get_max_threads()
+    previous_env = os.environ.pop(THREADS_ENV, None)
+    if threads is not None:
+        os.environ[THREADS_ENV] = str(threads)
+    with tempfile.TemporaryDirectory(prefix="embedscope-qcache-") as cache:
+        service = EmbeddingService(ModelRegistry(config), config.embedding, Path(cache))
+        await service.start()
+        try:
+            folder = config.data_dir / "indexes" / name
+            index = await CorpusIndex.open(name, folder, config, service)
+            try:
+                if threads is not None:
+                    configure_faiss_threads(threads)
+                for q in warmup:
+                    await index.search(q, TOP_K, mode="vector")
+                latencies: list[float] = []
+                found: list[list[int]] = []
+                for q in measured:
+                    started = time.perf_counter()
+                    hits = await index.search(q, TOP_K, mode="vector")
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    found.append([h.chunk_id for h in hits])
+                fetches = []
+                for q, ids in zip(measured, found, strict=True):
+                    started = time.perf_counter()
+                    index.store.chunks_by_ids(ids)
+                    for chunk_id in ids:
+                        index.store.snippet(chunk_id, q)
+                    fetches.append((time.perf_counter() - started) * 1000)
+                vectors = await service.encode(measured)
+                scans = []
+                for row in vectors:
+                    started = time.perf_counter()
+                    index.vectors.search(row[None, :], TOP_K)
+                    scans.append((time.perf_counter() - started) * 1000)
+                embeds, direct = [], []
+                for q in embed_probe:
+                    started = time.perf_counter()
+                    await service.encode([q])
+                    embeds.append((time.perf_counter() - started) * 1000)
+                    started = time.perf_counter()
+                    index.model.encode_sync([q])
+                    direct.append((time.perf_counter() - started) * 1000)
+            finally:
+                index.close()
+        finally:
+            await service.stop()
+            configure_faiss_threads(default_threads)
+            os.environ.pop(THREADS_ENV, None)
+            if previous_env is not None:
+                os.environ[THREADS_ENV] = previous_env
+    return {
+        "latencies": latencies,
+        "found": found,
+        "scans": scans,
+        "fetches": fetches,
+        "embeds": embeds,
+        "direct": direct,
+    }
+
+
+def recall(truth: list[list[int]], approx: list[list[int]]) -> float:
+    shares = [len(set(t) & set(a)) / len(t) for t, a in zip(truth, approx, strict=True) if t]
+    return sum(shares) / len(shares)
+
+
+def ms(values: list[float]) -> float:
+    return round(median(values), 3)
+
+
+async def run(args: Any) -> dict[str, Any]:
+    import faiss
+
+    n = args.chunks or (300 if args.smoke else 4000 if args.quick else 100_000)
+    n_queries = args.queries or (8 if args.smoke else 50 if args.quick else 200)
+    rounds = args.repeats or (1 if args.quick else 2)
+    pool = queries()
+    warmup, measured = pool[:5], pool[5 : 5 + n_queries]
+    probe = pool[5 + n_queries : 5 + n_queries + (4 if args.smoke else 30)]
+    if len(measured) < n_queries:
+        raise SystemExit(f"only {len(pool) - 5} queries are available, {n_queries} asked")
+    with bench_home(args.data_dir) as home:
+        config = bench_config(home)
+        log(f"preparing {n} chunks of real text under {home}")
+        source = write_source(home / f"bench-search-source-{n}", chunk_texts(n))
+        builds = {}
+        for kind in ("flat", "hnsw"):
+            log(f"building the {kind} index")
+            builds[kind] = await build(config, f"bench-{kind}-{n}", kind, source)
+        default_threads = faiss.omp_get_max_threads()
+        passes: dict[str, list[dict[str, Any]]] = {
+            "flat": [],
+            "flat1": [],
+            "nowait": [],
+            "hnsw": [],
+        }
+        no_wait = bench_config(home, max_wait_ms=0)
+        log(f"priming: a first, unreported-in-the-medians pass of {len(measured)} queries")
+        prime = await query_pass(config, f"bench-flat-{n}", measured, warmup)
+        for r in range(rounds):
+            for label, name, threads, cfg in (
+                ("flat", f"bench-flat-{n}", None, config),
+                ("flat1", f"bench-flat-{n}", 1, config),
+                ("nowait", f"bench-flat-{n}", None, no_wait),
+                ("hnsw", f"bench-hnsw-{n}", None, config),
+            ):
+                log(f"round {r + 1}/{rounds}: {len(measured)} queries, {label}")
+                passes[label].append(
+                    await query_pass(
+                        cfg,
+                        name,
+                        measured,
+                        warmup,
+                        threads=threads,
+                        embed_probe=probe if label in ("flat", "nowait") else [],
+                    )
+                )
+
+    def pooled(label: str, key: str) -> list[float]:
+        return [v for p in passes[label] for v in p[key]]
+
+    flat_lat, flat1_lat, hnsw_lat = (pooled(k, "latencies") for k in ("flat", "flat1", "hnsw"))
+    embeds = pooled("flat", "embeds")
+    flat, hnsw = builds["flat"], builds["hnsw"]
+    result: dict[str, Any] = {
+        "benchmark": "search",
+        "chunks": flat["chunks"],
+        "queries": len(measured),
+        "rounds": rounds,
+        "top_k": TOP_K,
+        "query_p50_ms": ms(flat_lat),
+        "first_pass_query_p50_ms": ms(prime["latencies"]),
+        "query_p95_ms": round(percentile(flat_lat, 95), 3),
+        "faiss_scan_ms": ms(pooled("flat", "scans")),
+        "query_embed_ms": ms(embeds),
+        "model_encode_ms": ms(pooled("flat", "direct")),
+        "fetch_ms": ms(pooled("flat", "fetches")),
+        "overhead_p50_ms": round(
+            median(flat_lat)
+            - median(pooled("flat", "scans"))
+            - median(embeds)
+            - median(pooled("flat", "fetches")),
+            3,
+        ),
+        "batcher_max_wait_0": {
+            "query_p50_ms": ms(pooled("nowait", "latencies")),
+            "query_p95_ms": round(percentile(pooled("nowait", "latencies"), 95), 3),
+            "query_embed_ms": ms(pooled("nowait", "embeds")),
+        },
+        "hnsw_query_p50_ms": ms(hnsw_lat),
+        "hnsw_query_p95_ms": round(percentile(hnsw_lat, 95), 3),
+        "hnsw_scan_ms": ms(pooled("hnsw", "scans")),
+        "hnsw_recall_at_10": round(
+            recall(
+                [ids for p in passes["flat"] for ids in p["found"]],
+                [ids for p in passes["hnsw"] for ids in p["found"]],
+            ),
+            4,
+        ),
+        "faiss_threads_default": default_threads,
+        "faiss_threads_1": {
+            "query_p50_ms": ms(flat1_lat),
+            "query_p95_ms": round(percentile(flat1_lat, 95), 3),
+            "faiss_scan_ms": ms(pooled("flat1", "scans")),
+            "p50_delta_ms_vs_default": round(median(flat1_lat) - median(flat_lat), 3),
+        },
+        "bytes_per_chunk": {
+            "flat_disk": round(flat["disk_bytes"] / flat["chunks"], 1),
+            "flat_memory": round(flat["memory_bytes"] / flat["chunks"], 1),
+            "hnsw_disk": round(hnsw["disk_bytes"] / hnsw["chunks"], 1),
+            "hnsw_memory": round(hnsw["memory_bytes"] / hnsw["chunks"], 1),
+        },
+        "build": {
+            kind: {
+                "seconds": round(b["seconds"], 2),
+                "chunks_indexed_now": b["embedded"],
+                "model_batches": b["model_calls"],
+                "active_type": b["active_type"],
+            }
+            for kind, b in builds.items()
+        },
+        "machine": machine(),
+    }
+    result["targets"] = {
+        key: {
+            "value": result[key],
+            "target": f"{op} {bound}",
+            "met": _meets(result[key], op, bound),
+        }
+        for key, (op, bound) in TARGETS.items()
+    }
+    return result
+
+
+def _meets(value: float, op: str, bound: float) -> bool:
+    return value <= bound if op == "<=" else value >= bound
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--chunks", type=int, default=None, help="index size (default 100,000)")
+    p.add_argument("--queries", type=int, default=None, help="measured queries per pass")
+    args = p.parse_args()
+    for name in ("repeats", "chunks", "queries"):
+        check_positive(p, f"--{name}", getattr(args, name))
+    emit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

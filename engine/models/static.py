@@ -1,0 +1,203 @@
+"""Static (model2vec) embeddings: a token table distilled from a sentence-transformers model.
+
+No transformer runs at query time, so a query costs microseconds instead of milliseconds; the
+price is quality. Nothing is downloaded: the table is distilled once, offline, from a local model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.models.base import EmbeddingModel, Fingerprint, ModelError, ModelInfo, Truncated
+
+WEIGHTS = "model.safetensors"
+RECORD = "distill.json"
+DEFAULT_MAX_TOKENS = 512
+
+
+def distilled_record(folder: Path) -> dict[str, Any] | None:
+    """The distillation parameters saved beside the table, or None if the folder is unusable."""
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not (folder / WEIGHTS).is_file():
+        return None
+    return record
+
+
+def distill_static(
+    name: str, source: Path, target: Path, *, pca_dims: int, record: dict[str, Any]
+) -> Path:
+    """Distil `source` into `target` once; a half-written folder is never visible under `target`.
+
+    `record` (the source model's name and digest) is saved beside the weights so a later run can
+    tell whether the table still matches its source.
+    """
+    from model2vec.distill import distill
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    started = time.perf_counter()
+    try:
+        try:
+            static = distill(model_name=str(source), pca_dims=pca_dims)
+        except Exception as exc:
+            raise ModelError(
+                f"model '{name}': distilling a static model from {source} failed: {exc}"
+            ) from exc
+        static.save_pretrained(str(staging))
+        full = {
+            **record,
+            "pca_dims": pca_dims,
+            "model2vec_version": version("model2vec"),
+            "seconds": round(time.perf_counter() - started, 2),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        (staging / RECORD).write_text(json.dumps(full, indent=2) + "\n")
+        old = target.with_name(f".{target.name}-stale-{os.getpid()}")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+class Model2VecModel(EmbeddingModel):
+    kind = "model2vec"
+
+    def __init__(
+        self, name: str, location: Path, fingerprint: Fingerprint, *, source: str = ""
+    ) -> None:
+        self.name = name
+        self.folder = location
+        self._fingerprint = fingerprint
+        self._source = source
+        # One long-lived thread, as for the transformer models: the engine never blocks its loop.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._model: Any = None
+        self._load_seconds: float | None = None
+        self._load_lock = asyncio.Lock()
+        self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self._fingerprint
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    async def load(self) -> None:
+        async with self._load_lock:
+            if self._model is None:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._executor, self._load_sync)
+
+    def _load_sync(self) -> None:
+        started = time.perf_counter()
+        from model2vec import StaticModel
+
+        try:
+            # max_length=None: `truncate` already cut each text, and model2vec's own pre-cut
+            # works in characters, which would make the cache key differ from what it embeds.
+            model = StaticModel.from_pretrained(
+                str(self.folder), normalize=True, max_length=None, force_download=False
+            )
+        except Exception as exc:
+            raise ModelError(f"model '{self.name}': loading {self.folder} failed: {exc}") from exc
+        if model.dim != self._fingerprint.dimension:
+            raise ModelError(
+                f"model '{self.name}': {self.folder} holds {model.dim}-dimensional vectors, "
+                f"expected {self._fingerprint.dimension}; delete the folder to distil it again"
+            )
+        self._model = model
+        self._load_seconds = time.perf_counter() - started
+
+    async def encode(self, texts: list[str]) -> np.ndarray:
+        if self._model is None:
+            await self.load()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.encode_sync, texts)
+
+    def encode_sync(self, texts: list[str]) -> np.ndarray:
+        """Rows with no known token stay zero: a static model has nothing to say about them."""
+        vectors = self._model.encode(
+            texts,
+            max_length=None,
+            normalize=False,
+            batch_size=max(1, len(texts)),
+            use_multiprocessing=False,
+            show_progress_bar=False,
+        )
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+    def _tokenizer_obj(self) -> Any:
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                from tokenizers import Tokenizer
+
+                tok = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+                tok.no_truncation()
+                tok.no_padding()
+                self._tokenizer = tok
+            return self._tokenizer
+
+    def truncate(self, texts: list[str]) -> Truncated:
+        """No attention window here, but an unbounded text would dilute its mean vector and cost
+        time for nothing; cap at `max_seq_length` tokens, counted as model2vec counts them
+        (no special tokens)."""
+        limit = self._fingerprint.max_seq_length
+        out: list[str] = []
+        counts: list[int] = []
+        truncated = 0
+        encodings = self._tokenizer_obj().encode_batch(texts, add_special_tokens=False)
+        for text, enc in zip(texts, encodings, strict=True):
+            counts.append(len(enc.ids))
+            if len(enc.ids) > limit:
+                out.append(text[: enc.offsets[limit][0]].rstrip())
+                truncated += 1
+            else:
+                out.append(text)
+        return Truncated(out, truncated, counts)
+
+    def info(self) -> ModelInfo:
+        params = param_bytes = None
+        if self._model is not None:
+            weights = np.asarray(self._model.embedding)
+            params = int(weights.size)
+            param_bytes = int(weights.nbytes)
+        return ModelInfo(
+            name=self.name,
+            kind=self.kind,
+            dimension=self._fingerprint.dimension,
+            max_seq_length=self._fingerprint.max_seq_length,
+            device="cpu",
+            loaded=self._model is not None,
+            parameters=params,
+            parameter_bytes=param_bytes,
+            load_seconds=self._load_seconds,
+            source=self._source,
+            extra=distilled_record(self.folder) or {},
+        )
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
