@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore an index from a snapshot archive")
     p.add_argument("file", type=Path)
     p.add_argument("--name", "-n", help="restore under another name")
+
+    from engine.evaluation.cli import add_parsers as add_eval_parsers
+
+    add_eval_parsers(sub)
     return parser
 
 

@@ -99,6 +99,9 @@ SCHEMA: dict[str, Any] = {
         "chunk_overlap": INT,
         "rrf_k": INT,
     },
+    "use_cases": MapOf(
+        {"accuracy": NUM, "latency": NUM, "memory": NUM, "cost": NUM, "description": STR}
+    ),
     "documents": {
         "max_file_mb": NUM,
         "include": ListOf(STR),

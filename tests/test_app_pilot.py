@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,7 +108,7 @@ async def test_first_launch_indexes_then_lands_on_search_and_searches(
     app_home: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = make_app(corpus, tmp_path)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
         await ready(pilot)
         assert app.index is not None and app.index.name == "notes"
         assert app.index.stats().documents == len(DOCS)
@@ -128,11 +129,11 @@ async def test_first_launch_indexes_then_lands_on_search_and_searches(
         await pilot.press("ctrl+o")
         await pilot.pause()
         await pilot.press("ctrl+u", *str(out), "enter")
-        await wait_for(pilot, out.exists)
-        await app.workers.wait_for_complete([w for w in app.workers if w.group == "export"])
-        rows = out.read_text(encoding="utf-8").splitlines()
-        assert rows[0].startswith("query,rank,score")
-        assert len(rows) == len(pane.hits) + 1
+        await wait_for(pilot, lambda: any("Wrote" in n.message for n in app._notifications))
+        with out.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [r["doc_key"] for r in rows] == [h.doc_key for h in pane.hits]
+        assert rows[0]["rank"] == "1" and rows[0]["query"] == pane._shown.text
 
 
 async def test_second_launch_reuses_the_index_without_model_calls(
@@ -186,17 +187,17 @@ async def test_start_and_cancel_an_indexing_run(
     big = tmp_path / "big"
     for i in range(150):
         (big / f"d{i // 30}").mkdir(parents=True, exist_ok=True)
-        words = " ".join(f"topic{i}-{j} observation {j * i} about subject {i}" for j in range(120))
+        words = " ".join(f"topic{i}-{j} observation {j * i} about subject {i}" for j in range(40))
         (big / f"d{i // 30}" / f"note{i}.md").write_text(f"# Note {i}\n\n{words}", "utf-8")
     app = make_app(corpus, tmp_path)
-    progressed = []
-    async with app.run_test(size=(120, 40), message_hook=progressed.append) as pilot:
+    async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot)
         await pilot.press("f3")
         assert app.focused is app.query_one("#folder", Input)
         await pilot.press(*str(big), "ctrl+g")
         line = app.query_one("#progress-line", Static)
-        await wait_for(pilot, lambda: str(line.render()).startswith("indexing"))
+        await wait_for(pilot, lambda: str(line.render()).startswith(("scanning", "indexing")))
+        assert app.query_one("#start").disabled is True
         await pilot.press("escape")
         await wait_for(pilot, lambda: str(line.render()).startswith("Cancelled"), timeout=120)
         stats = app.index.stats() if app.index else None

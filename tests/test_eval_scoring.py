@@ -6,7 +6,6 @@ import pytest
 
 from engine.config import load_config
 from engine.evaluation.scoring import (
-    DEFAULT_USE_CASES,
     load_use_cases,
     normalise,
     rank,
@@ -27,7 +26,7 @@ FIGURES = {
 
 def test_default_use_cases_prefer_what_they_say() -> None:
     cases = load_use_cases()
-    assert set(DEFAULT_USE_CASES) <= set(cases)
+    assert {"real_time_mobile", "high_accuracy_research", "cost_sensitive_startup"} <= set(cases)
     local = {k: FIGURES[k] for k in ("minilm", "mpnet")}
     ranking, scores = rank(local, cases, "ndcg@10")
     assert ranking["real_time_mobile"] == ["minilm", "mpnet"]
@@ -79,10 +78,10 @@ def test_override_adds_and_replaces_use_cases() -> None:
     assert s == {"minilm": 0.0, "mpnet": 1.0}
 
 
-def test_use_cases_from_config_raw() -> None:
-    config = load_config(use_user_file=False)
-    config.raw["use_cases"] = {"batch_archive": {"accuracy": 0.5, "memory": 0.5}}
-    cases = load_use_cases(config)
+def test_use_cases_from_a_user_file_add_to_the_defaults(tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("use_cases:\n  batch_archive:\n    accuracy: 0.5\n    memory: 0.5\n")
+    cases = load_use_cases(load_config(path))
     assert cases["batch_archive"].memory == 0.5
     assert "real_time_mobile" in cases
 

@@ -47,7 +47,7 @@ def sts_pairs_file(path: Path, n: int, *, labels: bool = True) -> Path:
     return path
 
 
-def cli(config_dir: Path, *argv: str) -> int:
+def cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", type=Path)
     add_parsers(parser.add_subparsers(dest="command"))
@@ -113,20 +113,19 @@ def test_finetune_refuses_bad_requests_before_loading(config: Config, tmp_path: 
 def test_cli_reports_option_and_file_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli(tmp_path, "--base", "minilm") == 2
+    assert cli("--base", "minilm") == 2
     assert "either as --pairs FILE or as --dataset DIR --split train" in capsys.readouterr().err
-    assert cli(tmp_path, "--base", "minilm", "--dataset", str(SCIFACT), "--split", "train",
-               "--loss", "cosine") == 2  # fmt: skip
+    train = ("--base", "minilm", "--dataset", str(SCIFACT), "--split", "train")
+    assert cli(*train, "--loss", "cosine") == 2
     assert "use --loss mnrl" in capsys.readouterr().err
-    args = ("--dataset", str(SCIFACT), "--split", "train", "--eval-split", "train")
-    assert cli(tmp_path, "--base", "minilm", *args) == 2
+    assert cli(*train, "--eval-split", "train") == 2
     assert "--eval-split train is the training split" in capsys.readouterr().err
-    assert cli(tmp_path, "--base", "minilm", "--pairs", str(tmp_path / "missing.jsonl")) == 2
+    assert cli("--base", "minilm", "--pairs", str(tmp_path / "missing.jsonl")) == 2
     assert "missing.jsonl not found" in capsys.readouterr().err
     unlabeled = sts_pairs_file(tmp_path / "u.jsonl", 12, labels=False)
-    assert cli(tmp_path, "--base", "minilm", "--pairs", str(unlabeled)) == 2
+    assert cli("--base", "minilm", "--pairs", str(unlabeled)) == 2
     assert "u.jsonl:1: missing 'label'" in capsys.readouterr().err
-    assert cli(tmp_path, "--base", "ghost", "--pairs", str(unlabeled), "--loss", "mnrl") == 2
+    assert cli("--base", "ghost", "--pairs", str(unlabeled), "--loss", "mnrl") == 2
     assert "unknown model 'ghost'" in capsys.readouterr().err
 
 

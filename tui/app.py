@@ -18,7 +18,7 @@ from tui.keys import APP_BINDINGS, check_keymap
 from tui.messages import EngineReady, FirstPaint, IndexFinished, IndexOpened, ModelReady
 from tui.panes.base import Pane
 from tui.panes.compare import ComparePane, ModelRow, load_runs
-from tui.panes.index import IndexPane
+from tui.panes.index import IndexPane, default_index_name
 from tui.panes.metrics import MetricsPane
 from tui.panes.search import SearchPane
 from tui.settings import DEFAULT_THEME, AppSettings, SettingsError
@@ -36,15 +36,6 @@ PANE_FOCUS = {
     "compare": "#models",
     "metrics": "#metrics-pane",
 }
-
-
-def default_index_name(corpus: Path) -> str:
-    """`sample_corpus` -> `sample`: the folder name without a trailing corpus word."""
-    name = corpus.resolve().name
-    for suffix in ("_corpus", "-corpus"):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def friendly_error(error: BaseException) -> str:

@@ -7,11 +7,10 @@ from engine.evaluation.beir import BeirDataset, DatasetError, load_beir
 from engine.evaluation.measure import EvalProgress
 from engine.evaluation.retrieval import METRICS, run_retrieval_eval
 from engine.evaluation.runs import EvalRun, RunError, list_runs, load_run, save_run
-from engine.evaluation.scoring import DEFAULT_USE_CASES, UseCase, load_use_cases, rank
+from engine.evaluation.scoring import UseCase, load_use_cases, rank
 from engine.evaluation.sts import load_sts, run_sts_eval
 
 __all__ = [
-    "DEFAULT_USE_CASES",
     "METRICS",
     "BeirDataset",
     "DatasetError",

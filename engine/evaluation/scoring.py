@@ -18,31 +18,6 @@ CRITERIA = ("accuracy", "latency", "memory", "cost")
 # Figure each criterion reads; accuracy is the task's headline metric, given per evaluation.
 FIGURES = {"latency": "query_p50_ms", "memory": "memory_mb", "cost": "cost_per_1k"}
 
-DEFAULT_USE_CASES: dict[str, dict[str, Any]] = {
-    "real_time_mobile": {
-        "accuracy": 0.2,
-        "latency": 0.4,
-        "memory": 0.35,
-        "cost": 0.05,
-        "description": "on-device search: answers fast and fits in little memory",
-    },
-    "high_accuracy_research": {
-        "accuracy": 0.8,
-        "latency": 0.1,
-        "memory": 0.05,
-        "cost": 0.05,
-        "description": "finding the right paper matters more than speed or size",
-    },
-    "cost_sensitive_startup": {
-        "accuracy": 0.25,
-        "latency": 0.2,
-        "memory": 0.1,
-        "cost": 0.45,
-        "description": "pay as little as possible per request, then stay responsive",
-    },
-}
-
-
 @dataclass(frozen=True)
 class UseCase:
     name: str
@@ -82,11 +57,16 @@ def _use_case(name: str, spec: Any, where: str) -> UseCase:
 def load_use_cases(
     config: Config | None = None, override: Mapping[str, Mapping[str, Any]] | None = None
 ) -> dict[str, UseCase]:
-    """Defaults, then the config's `use_cases` key, then `override`; later ones win by name."""
-    merged: dict[str, tuple[Any, str]] = {n: (s, "defaults") for n, s in DEFAULT_USE_CASES.items()}
-    if config is not None:
-        for name, spec in (config.raw.get("use_cases") or {}).items():
-            merged[name] = (spec, config.where("use_cases", name))
+    """The config's `use_cases` (defaults.yaml's, unless a user file changes them), then
+    `override`; later ones win by name."""
+    if config is None:
+        from engine.config import load_config
+
+        config = load_config(use_user_file=False)
+    merged: dict[str, tuple[Any, str]] = {
+        name: (spec, config.where("use_cases", name))
+        for name, spec in (config.raw.get("use_cases") or {}).items()
+    }
     for name, spec in (override or {}).items():
         merged[name] = (spec, "use-case override")
     return {name: _use_case(name, spec, where) for name, (spec, where) in merged.items()}

@@ -31,6 +31,15 @@ if TYPE_CHECKING:
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 
 
+def default_index_name(corpus: Path) -> str:
+    """`sample_corpus` -> `sample`: the folder name without a trailing corpus word."""
+    name = corpus.resolve().name
+    for suffix in ("_corpus", "-corpus"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
@@ -76,7 +85,7 @@ class IndexPane(Pane):
                 yield Label("Open index")
                 yield Select([], prompt="(no indexes yet)", id="index-select")
                 yield Label("Index name")
-                yield Input(placeholder="e.g. notes", id="index-name")
+                yield Input(placeholder="(default: the folder's name)", id="index-name")
                 yield Label("Folder to index")
                 yield Input(placeholder="path/to/folder", id="folder", suggester=FolderSuggester())
                 yield DirectoryTree(".", id="folder-tree")
@@ -129,9 +138,6 @@ class IndexPane(Pane):
     def show_index(self, index: CorpusIndex) -> None:
         stats = index.stats()
         self.query_one("#index-stats", Static).update(describe_stats(stats, self.embedscope.frozen))
-        name_box = self.query_one("#index-name", Input)
-        if not name_box.value:
-            name_box.value = index.name
         if stats.model in self._models:
             self.query_one("#model", Select).value = stats.model
 
@@ -175,8 +181,7 @@ class IndexPane(Pane):
             self.app.notify(f"{folder} is not a folder.", severity="error")
             return
         if not name:
-            name = folder.resolve().name
-            self.query_one("#index-name", Input).value = name
+            name = default_index_name(folder)
         picked = self.query_one("#model", Select).value
         model = None if picked is Select.BLANK else str(picked)
         index_type = str(self.query_one("#index-type", Select).value)
@@ -215,6 +220,7 @@ class IndexPane(Pane):
             )
         except BaseException:
             self._finish_run()
+            self.query_one("#progress-line", Static).update("Failed; see the notice.")
             raise
         self.post_message(IndexFinished(index, report))
 

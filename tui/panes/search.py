@@ -245,7 +245,7 @@ class SearchPane(Pane):
     def copy_fallback(self, text: str, title: str) -> None:
         tool = copy_system(text)
         via = f"terminal and {tool}" if tool else "terminal (OSC 52)"
-        self.app.call_from_thread(self.app.notify, f"Copied “{title}” via {via}.")
+        self.app.notify(f"Copied “{title}” via {via}.")
 
     def action_export(self) -> None:
         if not self.hits or self._shown is None:
@@ -262,4 +262,4 @@ class SearchPane(Pane):
     @work(thread=True, group="export", exit_on_error=False)
     def export(self, hits: list[SearchHit], query: str, path: Path) -> None:
         n = write_results(hits, query, path)
-        self.app.call_from_thread(self.app.notify, f"Wrote {n} results to {path}.")
+        self.app.notify(f"Wrote {n} results to {path}.")
