@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.evaluation.cli import add_parsers as add_eval_parsers
 
     add_eval_parsers(sub)
+
+    from engine.training.cli import add_parsers as add_finetune_parser
+
+    add_finetune_parser(sub)
     return parser
 
 

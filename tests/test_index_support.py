@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,16 @@ class CranfieldBuild:
 _BUILT: dict[str, CranfieldBuild] = {}
 
 
+def run_blocking(coro: Any) -> Any:
+    """Run a coroutine to completion from sync or async test code alike."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def build_cranfield(factory: pytest.TempPathFactory) -> CranfieldBuild:
     """Index cranfield once per process (cold: the slow part of the whole suite)."""
     if CRAN_NAME not in _BUILT:
@@ -80,7 +91,7 @@ def build_cranfield(factory: pytest.TempPathFactory) -> CranfieldBuild:
                 index = await engine.indexes.create(CRAN_NAME, index_type="flat")
                 return (await index.index_path([corpus])).to_dict()
 
-        report = asyncio.run(build())
+        report = run_blocking(build())
         _BUILT[CRAN_NAME] = CranfieldBuild(data_dir, corpus, rows, report)
     return _BUILT[CRAN_NAME]
 

@@ -96,11 +96,16 @@ class MicroBatcher:
         return futures
 
     async def _run(self) -> None:
+        heavy = False
         while True:
             await self._wakeup.wait()
-            if len(self._pending) < self.max_batch_size and self.max_wait > 0:
+            # One tick lets callers started together (gather) join; lingering for a fuller batch
+            # only pays under sustained load, so an idle model answers a lone query at once.
+            await asyncio.sleep(0)
+            if heavy and len(self._pending) < self.max_batch_size and self.max_wait > 0:
                 await asyncio.sleep(self.max_wait)
             items, self._pending = self._pending, []
+            heavy = len(items) >= self.max_batch_size
             self._wakeup.clear()
             items = [i for i in items if not i.future.done()]
             items.sort(key=lambda i: len(i.text))

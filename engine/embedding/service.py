@@ -151,7 +151,10 @@ class EmbeddingService:
                     sources[key] = "l1"
             wanted = list(dict.fromkeys(k for k in keys if k not in found))
             if wanted and self.disk is not None:
-                hits = await asyncio.to_thread(self.disk.get_many, wanted, dim * 4)
+                if len(wanted) > INLINE_LIMIT:
+                    hits = await asyncio.to_thread(self.disk.get_many, wanted, dim * 4)
+                else:
+                    hits = self.disk.get_many(wanted, dim * 4)
                 for key, vec in hits.items():
                     found[key] = vec
                     sources[key] = "l2"

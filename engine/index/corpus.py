@@ -367,6 +367,7 @@ class CorpusIndex:
 
         emit("scanning")
         group: list[_Pending] = []
+        group_chunks = 0
         in_flight: asyncio.Task[None] | None = None
         last_save = time.monotonic()
         seen: set[str] = set()
@@ -413,13 +414,15 @@ class CorpusIndex:
                         report.updated += 1
                     else:
                         report.added += 1
-                group.extend(prepared.to_embed)
-                if sum(len(p.chunks) for p in group) >= GROUP_CHUNKS:
-                    if in_flight is not None:
-                        await in_flight
-                    in_flight = asyncio.create_task(flush(group))
-                    group = []
-                elif not prepared.to_embed:
+                for pending in prepared.to_embed:
+                    group.append(pending)
+                    group_chunks += len(pending.chunks)
+                    if group_chunks >= GROUP_CHUNKS:
+                        if in_flight is not None:
+                            await in_flight
+                        in_flight = asyncio.create_task(flush(group))
+                        group, group_chunks = [], 0
+                if not prepared.to_embed:
                     emit("indexing", rel)
             if in_flight is not None:
                 await in_flight

@@ -180,7 +180,9 @@ class FaissVectorStore:
         _check_positive("ivf_nprobe", ivf_nprobe)
         _check_positive("auto_hnsw_threshold", auto_hnsw_threshold, 0)
         _check_positive("exact_candidate_limit", exact_candidate_limit, 0)
-        configure_faiss_threads(threads)
+        # OpenMP thread counts are per calling thread, and searches run on worker threads:
+        # the count is re-applied on every search, not only where the store was built.
+        self._threads = configure_faiss_threads(threads)
 
         self._dim = dim
         self._index_type = index_type
@@ -340,6 +342,8 @@ class FaissVectorStore:
         _check_positive("k", k)
         nq = q.shape[0]
         with self._lock:
+            if self._threads is not None:
+                faiss.omp_set_num_threads(self._threads)
             if candidate_ids is None:
                 pool = self._ids
                 selector: faiss.IDSelector | None = None
@@ -461,7 +465,6 @@ class FaissVectorStore:
         ``name`` (the index name) only makes the repair hint in errors exact.
         """
         path = Path(path)
-        configure_faiss_threads(threads)
         data = path.read_bytes()
 
         def corrupt(reason: str) -> VectorStoreCorruptError:
@@ -487,7 +490,7 @@ class FaissVectorStore:
         try:
             meta = json.loads(bytes(body[:meta_len]).decode("utf-8"))
             params = meta["params"]
-            store = cls(dim, meta["index_type"], **params)
+            store = cls(dim, meta["index_type"], threads=threads, **params)
             active = meta["active_type"]
             count = int(meta["count"])
             trained_nlist = meta["trained_nlist"]
