@@ -3,6 +3,7 @@
 Importing this package does not import faiss; opening or creating an index does.
 """
 
+from engine.cancel import CancelToken
 from engine.index.corpus import CorpusIndex, IndexStats
 from engine.index.errors import (
     CorpusIndexError,
@@ -13,7 +14,7 @@ from engine.index.errors import (
     IndexVersionError,
 )
 from engine.index.manager import IndexManager
-from engine.index.progress import CancelToken, FileFailure, IndexProgress, IndexReport
+from engine.index.progress import FileFailure, IndexProgress, IndexReport
 from engine.index.search import MODES, SearchHit
 
 __all__ = [

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.cancel import CancelToken
 from engine.config import Config
 from engine.documents import (
     LOADER_VERSION,
@@ -38,7 +39,7 @@ from engine.index.errors import (
     IndexSourceError,
     IndexVersionError,
 )
-from engine.index.progress import CancelToken, FileFailure, IndexProgress, IndexReport
+from engine.index.progress import FileFailure, IndexProgress, IndexReport
 from engine.index.search import SearchHit, check_mode, reciprocal_rank_fusion
 from engine.models import EmbeddingModel
 from engine.store import (

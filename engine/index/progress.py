@@ -1,23 +1,8 @@
-"""Progress events and cooperative cancellation shared by the CLI and the app."""
+"""Progress events and reports of indexing runs, shared by the CLI and the app."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
-
-
-class CancelToken:
-    """Set from any thread; the indexer checks it between batches and stops cleanly."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,11 @@ price is quality. Nothing is downloaded: the table is distilled once, offline, f
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -21,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.models.base import EmbeddingModel, Fingerprint, ModelError, ModelInfo, Truncated
+from engine.models.base import Fingerprint, ModelError, ModelInfo
+from engine.models.threaded import ThreadedModel
 
 WEIGHTS = "model.safetensors"
 RECORD = "distill.json"
@@ -78,40 +76,15 @@ def distill_static(
     return target
 
 
-class Model2VecModel(EmbeddingModel):
+class Model2VecModel(ThreadedModel):
     kind = "model2vec"
 
     def __init__(
         self, name: str, location: Path, fingerprint: Fingerprint, *, source: str = ""
     ) -> None:
-        self.name = name
-        self.folder = location
-        self._fingerprint = fingerprint
-        self._source = source
-        # One long-lived thread, as for the transformer models: the engine never blocks its loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
-        self._model: Any = None
-        self._load_seconds: float | None = None
-        self._load_lock = asyncio.Lock()
-        self._tokenizer: Any = None
-        self._tokenizer_lock = threading.Lock()
+        super().__init__(name, location, fingerprint, source)
 
-    @property
-    def fingerprint(self) -> Fingerprint:
-        return self._fingerprint
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
-
-    async def load(self) -> None:
-        async with self._load_lock:
-            if self._model is None:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._executor, self._load_sync)
-
-    def _load_sync(self) -> None:
-        started = time.perf_counter()
+    def _load_sync(self) -> Any:
         from model2vec import StaticModel
 
         try:
@@ -127,14 +100,7 @@ class Model2VecModel(EmbeddingModel):
                 f"model '{self.name}': {self.folder} holds {model.dim}-dimensional vectors, "
                 f"expected {self._fingerprint.dimension}; delete the folder to distil it again"
             )
-        self._model = model
-        self._load_seconds = time.perf_counter() - started
-
-    async def encode(self, texts: list[str]) -> np.ndarray:
-        if self._model is None:
-            await self.load()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.encode_sync, texts)
+        return model
 
     def encode_sync(self, texts: list[str]) -> np.ndarray:
         """Rows with no known token stay zero: a static model has nothing to say about them."""
@@ -149,35 +115,6 @@ class Model2VecModel(EmbeddingModel):
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype=np.float32)
-
-    def _tokenizer_obj(self) -> Any:
-        with self._tokenizer_lock:
-            if self._tokenizer is None:
-                from tokenizers import Tokenizer
-
-                tok = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
-                tok.no_truncation()
-                tok.no_padding()
-                self._tokenizer = tok
-            return self._tokenizer
-
-    def truncate(self, texts: list[str]) -> Truncated:
-        """No attention window here, but an unbounded text would dilute its mean vector and cost
-        time for nothing; cap at `max_seq_length` tokens, counted as model2vec counts them
-        (no special tokens)."""
-        limit = self._fingerprint.max_seq_length
-        out: list[str] = []
-        counts: list[int] = []
-        truncated = 0
-        encodings = self._tokenizer_obj().encode_batch(texts, add_special_tokens=False)
-        for text, enc in zip(texts, encodings, strict=True):
-            counts.append(len(enc.ids))
-            if len(enc.ids) > limit:
-                out.append(text[: enc.offsets[limit][0]].rstrip())
-                truncated += 1
-            else:
-                out.append(text)
-        return Truncated(out, truncated, counts)
 
     def info(self) -> ModelInfo:
         params = param_bytes = None

@@ -35,6 +35,7 @@ from typing import Any, Final
 import faiss
 import numpy as np
 
+from engine.fsutil import fsync_dir
 from engine.store.vector_base import (
     VectorStoreCorruptError,
     VectorStoreVersionError,
@@ -450,11 +451,7 @@ class FaissVectorStore:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(path.parent)
 
     @classmethod
     def open(

@@ -15,7 +15,6 @@ import random
 import re
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.cancel import CancelToken
 from engine.evaluation.beir import BeirDataset, load_beir
 from engine.models.registry import FINETUNED, LINEAGE
 
@@ -67,20 +67,6 @@ class FinetuneProgress:
 
 
 ProgressFn = Callable[[FinetuneProgress], None]
-
-
-class CancelToken:
-    """A flag set from any thread (the UI, a signal handler) and checked at every step."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
 
 
 @dataclass(frozen=True)

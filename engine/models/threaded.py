@@ -1,0 +1,108 @@
+"""What local models share: one long-lived thread, lazy loading, and tokenizer truncation.
+
+One thread per model, not a pool per call: torch already uses every core for one batch, so more
+threads only contend, and an executor per request (as the design had) costs a spawn per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from abc import abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.models.base import EmbeddingModel, Fingerprint, Truncated
+
+
+class ThreadedModel(EmbeddingModel):
+    """A model whose weights live in `folder` and run on the model's own thread."""
+
+    def __init__(self, name: str, folder: Path, fingerprint: Fingerprint, source: str) -> None:
+        self.name = name
+        self.folder = folder
+        self._fingerprint = fingerprint
+        self._source = source
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._model: Any = None
+        self._load_seconds: float | None = None
+        self._load_lock = asyncio.Lock()
+        self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
+        # Tokens the model adds around every text ([CLS], [SEP]); they count against the window.
+        self._special_tokens = 0
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self._fingerprint
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    async def load(self) -> None:
+        async with self._load_lock:
+            if self._model is None:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._executor, self._timed_load)
+
+    def _timed_load(self) -> None:
+        started = time.perf_counter()
+        self._model = self._load_sync()
+        self._load_seconds = time.perf_counter() - started
+
+    @abstractmethod
+    def _load_sync(self) -> Any:
+        """Load and return the weights; runs on the model thread."""
+
+    async def encode(self, texts: list[str]) -> np.ndarray:
+        if self._model is None:
+            await self.load()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.encode_sync, texts)
+
+    @abstractmethod
+    def encode_sync(self, texts: list[str]) -> np.ndarray:
+        """One batch on the model thread: float32 rows, L2-normalised."""
+
+    def _tokenizer_obj(self) -> Any:
+        """The fast Rust tokenizer alone: truncation and cache keys need no torch."""
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                from tokenizers import Tokenizer
+
+                tok = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+                tok.no_truncation()
+                tok.no_padding()
+                self._special_tokens = self._count_special(tok)
+                self._tokenizer = tok
+            return self._tokenizer
+
+    def _count_special(self, tokenizer: Any) -> int:
+        return 0
+
+    def truncate(self, texts: list[str]) -> Truncated:
+        """Cut at the start of the first token past the window, so the model sees exactly the
+        tokens its own truncation would keep, and the cache key is the text it really embeds."""
+        if not (self.folder / "tokenizer.json").is_file():
+            return Truncated(list(texts), 0, [len(t.split()) for t in texts])
+        tok = self._tokenizer_obj()
+        limit = self._fingerprint.max_seq_length - self._special_tokens
+        out: list[str] = []
+        counts: list[int] = []
+        truncated = 0
+        for text, enc in zip(texts, tok.encode_batch(texts, add_special_tokens=False), strict=True):
+            counts.append(len(enc.ids))
+            if len(enc.ids) > limit:
+                out.append(text[: enc.offsets[limit][0]].rstrip())
+                truncated += 1
+            else:
+                out.append(text)
+        return Truncated(out, truncated, counts)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
