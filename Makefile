@@ -30,6 +30,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_embed.py --quick
+	$(PY) benchmarks/bench_index.py --quick
+	$(PY) benchmarks/bench_search.py --quick
+	$(PY) benchmarks/bench_app.py --quick
 
 clean-venv:
 	rm -rf $(VENV)

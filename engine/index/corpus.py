@@ -375,6 +375,10 @@ class CorpusIndex:
 
         async def flush(items: list[_Pending]) -> None:
             nonlocal last_save
+            if cancel.cancelled:
+                # Not committed, so the next run indexes these documents; nothing is half-done.
+                report.cancelled = True
+                return
             texts = [c.text for item in items for c in item.chunks]
             vecs = await self.service.encode(texts, self.model_name) if texts else None
             await asyncio.to_thread(self._commit, items, vecs)
@@ -423,13 +427,13 @@ class CorpusIndex:
                             await in_flight
                         in_flight = asyncio.create_task(flush(group))
                         group, group_chunks = [], 0
-                if not prepared.to_embed:
-                    emit("indexing", rel)
+                emit("indexing", rel)
             if in_flight is not None:
                 await in_flight
                 in_flight = None
-            if group:
+            if group and not cancel.cancelled:
                 await flush(group)
+            report.cancelled = report.cancelled or cancel.cancelled
             if not report.cancelled:
                 gone = [key for path, rows in by_path.items() if path not in seen for key in rows]
                 if gone:
