@@ -181,8 +181,8 @@ class ComparePane(Pane):
         if not runs:
             self.runs = []
             state.update(
-                "No evaluation runs yet. Run one with the evaluation command; its scores "
-                "(nDCG@10, recall, MRR, latency, cost) will be charted here."
+                "No evaluation runs yet. Run one with `embedscope eval --dataset DIR --models "
+                "a,b`; its scores (nDCG@10, recall, MRR, latency, cost) will be charted here."
             )
             state.display = True
             table.display = False

@@ -51,7 +51,7 @@ class SearchPane(Pane):
             yield Input(placeholder="Search… (type to search)", id="query")
             yield Select([(m, m) for m in MODES], value="hybrid", allow_blank=False, id="mode")
         yield Input(
-            placeholder="Filter: doc_type=md  year>=2020  date=2024-01-01..  path=notes/*",
+            placeholder="Filter: category=astronomy  date>=2023-01-01  type=markdown,pdf",
             id="filter",
         )
         yield Static("", id="filter-error")
@@ -107,7 +107,7 @@ class SearchPane(Pane):
         try:
             parse_filters(text)
         except FilterError as exc:
-            error.update(f"Bad filter: {exc}")
+            error.update(str(exc))
             error.display = True
             box.add_class("-invalid-filter")
             return False
@@ -136,7 +136,7 @@ class SearchPane(Pane):
                 )
         except FilterError as exc:
             if query == self.current_query():
-                self.query_one("#filter-error", Static).update(f"Bad filter: {exc}")
+                self.query_one("#filter-error", Static).update(str(exc))
                 self.query_one("#filter-error", Static).display = True
             return
         if query == self.current_query():
