@@ -47,7 +47,9 @@ class SentenceTransformerModel(ThreadedModel):
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
+        # Load reports and progress bars would land in the app's terminal and in --json output.
         hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
         device = pick_device(self._requested_device)
         try:
             model = SentenceTransformer(
