@@ -143,7 +143,7 @@ async def test_64_concurrent_callers_batch_and_get_their_rows(config, st_minilm)
 
 class FaultyModel(EmbeddingModel):
     """The real MiniLM, except that a batch containing 'BOOM' raises: a fault we cannot cause
-    with the real model, injected only at the model boundary."""
+    with the real model, injected only at the model boundary. Records every batch it sees."""
 
     kind = "sentence-transformers"
 
@@ -151,6 +151,7 @@ class FaultyModel(EmbeddingModel):
         self.name = "faulty"
         self._real = real
         self.calls = 0
+        self.batches: list[list[str]] = []
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -161,6 +162,7 @@ class FaultyModel(EmbeddingModel):
 
     async def encode(self, texts: list[str]) -> np.ndarray:
         self.calls += 1
+        self.batches.append(list(texts))
         if any("BOOM" in t for t in texts):
             raise RuntimeError("injected failure")
         return await self._real.encode(texts)
@@ -178,17 +180,18 @@ async def test_failing_batch_fails_only_its_callers(config) -> None:
         engine.registry.register(faulty)
         svc = engine.embeddings
         await svc.encode(["warm"], "faulty")
-        # Batch 1 (short texts) holds BOOM; batch 2 (long texts) does not.
-        short = [svc.encode([f"s{i}"], "faulty") for i in range(31)]
-        boom = svc.encode(["BOOM"], "faulty")
-        long = [
-            svc.encode([f"a much longer text for the second batch {i}"], "faulty") for i in range(8)
-        ]
-        results = await asyncio.gather(*short, boom, *long, return_exceptions=True)
-        failed = [r for r in results if isinstance(r, Exception)]
-        assert len(failed) == 32
-        assert all(str(e) == "injected failure" for e in failed)
-        assert all(isinstance(r, np.ndarray) for r in results[32:])
+        texts = [f"s{i}" for i in range(31)] + ["BOOM"]
+        texts += [f"a much longer text for another batch {i}" for i in range(40)]
+        results = await asyncio.gather(
+            *(svc.encode([t], "faulty") for t in texts), return_exceptions=True
+        )
+        failing = next(b for b in faulty.batches if "BOOM" in b)
+        assert len(faulty.batches) > 2
+        for text, result in zip(texts, results, strict=True):
+            if text in failing:
+                assert isinstance(result, RuntimeError) and str(result) == "injected failure"
+            else:
+                assert isinstance(result, np.ndarray) and result.shape == (1, 384)
         again = await svc.encode(["after the failure"], "faulty")
         assert again.shape == (1, 384)
         assert svc.metrics.snapshot()["faulty"]["errors"] == 1

@@ -293,9 +293,9 @@ class EmbedscopeApp(App[None]):
         rows = []
         for row in compare.models:
             latency = snapshot.get(row.name, {}).get("request_latency_ms", {}).get("p50")
-            if row.name in self._loaded_models:
-                # Served requests or loaded at boot, so get() returns the live instance at once.
-                info = engine.registry.get(row.name).info()
+            model = engine.registry.created(row.name) if row.name in self._loaded_models else None
+            if model is not None:
+                info = model.info()
                 row = ModelRow(
                     row.name,
                     row.available,

@@ -98,7 +98,8 @@ class EmbeddingService:
 
     async def model(self, name: str | None = None) -> EmbeddingModel:
         """The named model, created once (weights load on first use)."""
-        return await self.registry.aget(name or self.registry.config.default_model)
+        name = name or self.registry.config.default_model
+        return self.registry.created(name) or await self.registry.aget(name)
 
     def _batcher(self, model: EmbeddingModel) -> MicroBatcher:
         batcher = self._batchers.get(model.name)

@@ -185,6 +185,11 @@ class ModelRegistry:
                 "`models:` in your config"
             ) from None
 
+    def created(self, name: str) -> EmbeddingModel | None:
+        """The model object if it already exists: a lock and a dict look-up, safe on the loop."""
+        with self._lock:
+            return self._instances.get(name)
+
     def register(self, model: EmbeddingModel) -> None:
         """Add a ready model instance (a fine-tuned model, or a test's)."""
         with self._lock:
