@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import re
@@ -33,6 +32,7 @@ from engine.index.errors import (
     IndexSourceError,
 )
 from engine.index.progress import IndexReport
+from engine.models.sources import sha256_file
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SNAPSHOT_MAGIC = "embedscope-snapshot"
@@ -258,17 +258,9 @@ def _recover_manifest(folder: Path, name: str, actions: list[str]) -> dict:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_snapshot(folder: Path, name: str, target: Path) -> dict[str, object]:
     members = [folder / MANIFEST, folder / DATABASE, folder / VECTORS]
-    checks = {p.name: _sha256(p) for p in members if p.exists()}
+    checks = {p.name: sha256_file(p) for p in members if p.exists()}
     header = json.dumps(
         {"magic": SNAPSHOT_MAGIC, "version": SNAPSHOT_VERSION, "index": name, "sha256": checks},
         indent=1,
@@ -321,7 +313,7 @@ def _verify_snapshot(archive: Path, root: Path) -> tuple[Path, str]:
                 raise refuse(f"{member} missing")
         for member, digest in expected.items():
             path = staging / member
-            if not path.is_file() or _sha256(path) != digest:
+            if not path.is_file() or sha256_file(path) != digest:
                 raise refuse(f"checksum mismatch for {member} (the archive was altered or damaged)")
         (staging / "SNAPSHOT.json").unlink()
         return staging, str(header.get("index"))
