@@ -7,7 +7,9 @@ chunks, then times end-to-end vector queries (embed the query, search, fetch met
 query pass opens the index with a fresh embedding service whose cache is empty, so each query
 pays the model as a newly typed query would. The raw FAISS scan and the query embedding are timed
 apart, so the engine's own overhead is the remainder. `batcher_max_wait_0` repeats the flat
-pass with embedding.max_wait_ms=0 (no coalescing wait for a lone query), and `faiss_threads_1`
+pass with embedding.max_wait_ms=0 (no coalescing wait for a lone query), `torch_queries` with
+onnx_small_batches off (every query through torch: the baseline for the ONNX path), and
+`faiss_threads_1`
 with EMBEDSCOPE_FAISS_THREADS=1. That pass runs last in each round: OpenMP thread counts are per
 thread and the engine sets this one on whichever worker thread opens the index, so it outlives
 the pass on that thread.
@@ -163,6 +165,7 @@ async def query_pass(
                     started = time.perf_counter()
                     index.model.encode_sync([q])
                     direct.append((time.perf_counter() - started) * 1000)
+                runtime = index.model.info().extra.get("small_batches", "")
             finally:
                 index.close()
         finally:
@@ -178,6 +181,7 @@ async def query_pass(
         "fetches": fetches,
         "embeds": embeds,
         "direct": direct,
+        "runtime": runtime,
     }
 
 
@@ -214,13 +218,20 @@ async def run(args: Any) -> dict[str, Any]:
             "flat": [],
             "flat1": [],
             "nowait": [],
+            "torch": [],
             "hnsw": [],
         }
         no_wait = bench_config(home, max_wait_ms=0)
+        torch_only = bench_config(home)
+        default = torch_only.default_model
+        torch_only.raw["models"] = {
+            default: {**torch_only.models[default], "onnx_small_batches": False}
+        }
         for r in range(rounds):
             for label, name, threads, cfg in (
                 ("flat", f"bench-flat-{n}", None, config),
                 ("nowait", f"bench-flat-{n}", None, no_wait),
+                ("torch", f"bench-flat-{n}", None, torch_only),
                 ("hnsw", f"bench-hnsw-{n}", None, config),
                 ("flat1", f"bench-flat-{n}", 1, config),
             ):
@@ -232,7 +243,7 @@ async def run(args: Any) -> dict[str, Any]:
                         measured,
                         warmup,
                         threads=threads,
-                        embed_probe=probe if label in ("flat", "nowait") else [],
+                        embed_probe=probe if label in ("flat", "nowait", "torch") else [],
                     )
                 )
 
@@ -266,6 +277,15 @@ async def run(args: Any) -> dict[str, Any]:
             "query_p95_ms": round(percentile(pooled("nowait", "latencies"), 95), 3),
             "query_embed_ms": ms(pooled("nowait", "embeds")),
         },
+        "torch_queries": {
+            "query_p50_ms": ms(pooled("torch", "latencies")),
+            "query_p95_ms": round(percentile(pooled("torch", "latencies"), 95), 3),
+            "query_embed_ms": ms(pooled("torch", "embeds")),
+            "flat_p50_ratio_vs_torch": round(
+                median(flat_lat) / median(pooled("torch", "latencies")), 3
+            ),
+        },
+        "small_batches": passes["flat"][0]["runtime"],
         "hnsw_query_p50_ms": ms(hnsw_lat),
         "hnsw_query_p95_ms": round(percentile(hnsw_lat, 95), 3),
         "hnsw_scan_ms": ms(pooled("hnsw", "scans")),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from platformdirs import user_config_dir, user_data_dir
+from platformdirs import user_cache_dir, user_config_dir, user_data_dir
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 APP_NAME = "embedscope"
@@ -71,10 +71,12 @@ MODEL_SCHEMA: dict[str, Any] = {
     "dimensions": INT,
     "distill_from": STR,
     "pca_dims": INT,
+    "onnx_small_batches": BOOL,
 }
 
 SCHEMA: dict[str, Any] = {
     "data_dir": OPT_STR,
+    "cache_dir": OPT_STR,
     "device": STR,
     "allow_hub_downloads": BOOL,
     "default_model": STR,
@@ -234,6 +236,12 @@ class Config:
     data_dir: Path
     sources: list[Path] = field(default_factory=list)
     locations: dict[tuple[str, ...], Location] = field(default_factory=dict)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Files derived from others and rebuilt when missing (ONNX exports of local models)."""
+        configured = self.raw["cache_dir"]
+        return Path(configured).expanduser() if configured else Path(user_cache_dir(APP_NAME))
 
     @property
     def device(self) -> str:

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import DATASETS, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-DATASETS = REPO.parent / "shared" / "datasets"
 
 pytestmark = [
     pytest.mark.slow,

@@ -9,11 +9,10 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from conftest import DATASETS
 from tokenizers import Tokenizer
 
 from engine.documents import Chunk, Chunker, page_for_offset
-
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 
 @pytest.fixture(scope="module")

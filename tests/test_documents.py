@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pypdf
 import pytest
+from conftest import DATASETS
 
 from engine.documents import (
     SUPPORTED_SUFFIXES,
@@ -19,8 +20,6 @@ from engine.documents import (
     load_file,
     page_for_offset,
 )
-
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 
 def pdf_bytes(pages: list[list[str]], title: str | None = None) -> bytes:

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATASETS, REPO
 
 from engine.evaluation.beir import DatasetError, load_beir
 from engine.evaluation.measure import cost_per_1k, rss_bytes
 from engine.evaluation.retrieval import exhaustive_top_k, score_run, to_run
 from engine.evaluation.runs import RunError, library_versions, list_runs, load_run, save_run
 from engine.evaluation.sts import load_sts
-
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
 
 
 def test_cranfield_loads_as_beir_with_graded_qrels() -> None:

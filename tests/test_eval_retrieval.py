@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import DATASETS
 
 from engine.cli import run
 from engine.config import load_config
@@ -16,8 +17,6 @@ from engine.evaluation.measure import EvalProgress
 from engine.evaluation.retrieval import METRICS, run_retrieval_eval
 from engine.evaluation.runs import list_runs, load_run
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
 CLI_FIGURES = {
     "ndcg@10",
     "recall@10",

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from engine.cli import run
 from engine.config import load_config
@@ -15,7 +16,6 @@ from engine.evaluation.cli import add_parsers
 from engine.evaluation.runs import list_runs
 from engine.evaluation.sts import run_sts_eval
 
-REPO = Path(__file__).resolve().parents[1]
 STS_TEST = REPO.parent / "shared" / "datasets" / "stsb" / "sts-test.tsv"
 
 

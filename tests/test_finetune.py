@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATASETS, REPO
 
 from engine.cli import run
 from engine.config import Config
@@ -30,8 +31,6 @@ from engine.training import (
 )
 from engine.training.cli import add_parsers
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
 SCIFACT = DATASETS / "scifact"
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REPO
 from test_index_errors import TOPICS, write_notes
-from test_index_support import REPO
 
 pytestmark = pytest.mark.slow  # seven CLI processes, each loading torch and the model
 

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from test_index_support import (
     CRAN_NAME,
     CRANFIELD,
-    REPO,
     CranfieldBuild,
     assert_agrees,
     build_cranfield,

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from test_index_support import (
-    REPO,
     CranfieldBuild,
     assert_agrees,
     build_cranfield,

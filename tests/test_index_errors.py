@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_index_support import REPO, assert_agrees, ranked
+from conftest import REPO
+from test_index_support import assert_agrees, ranked
 
 from engine.config import Config
 from engine.engine import Engine

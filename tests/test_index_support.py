@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import DATASETS
 
 from engine.config import Config, load_config
 from engine.engine import Engine
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
 CRANFIELD = DATASETS / "cranfield" / "corpus.jsonl"
 CRAN_NAME = "cranfield"
 

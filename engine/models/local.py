@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.models.base import Fingerprint, ModelError, ModelInfo
 from engine.models.threaded import ThreadedModel
+
+if TYPE_CHECKING:
+    from engine.models.onnx_runtime import OnnxRunner
 
 
 def pick_device(requested: str) -> str:
@@ -37,11 +40,16 @@ class SentenceTransformerModel(ThreadedModel):
         device: str = "auto",
         trust_remote_code: bool = False,
         source: str = "",
+        onnx_file: Path | None = None,
     ) -> None:
         super().__init__(name, location, fingerprint, source)
         self._requested_device = device
         self._trust_remote_code = trust_remote_code
         self._device = "not loaded"
+        # Where small batches' ONNX export lives; None keeps everything on torch.
+        self._onnx_file = onnx_file
+        self._runner: OnnxRunner | None = None
+        self._small_runtime = "torch"
 
     def _load_sync(self) -> Any:
         from sentence_transformers import SentenceTransformer
@@ -65,10 +73,33 @@ class SentenceTransformerModel(ThreadedModel):
         model.max_seq_length = self._fingerprint.max_seq_length
         model.eval()
         self._device = device
+        if device == "cpu" and self._onnx_file is not None:
+            self._load_runner(model, self._onnx_file)
         return model
 
+    def _load_runner(self, model: Any, onnx_file: Path) -> None:
+        """Small batches on ONNX Runtime when the export loads and matches torch; otherwise the
+        model still works, on torch alone, and `info()` says why."""
+        import torch
+
+        from engine.models.onnx_runtime import load_runner
+
+        try:
+            self._runner = load_runner(
+                model, self.folder, onnx_file, threads=torch.get_num_threads()
+            )
+        except Exception as exc:
+            self._small_runtime = f"torch (ONNX Runtime unavailable: {exc})"
+            return
+        self._small_runtime = f"onnxruntime, {self._runner.threads} threads"
+
     def encode_sync(self, texts: list[str]) -> np.ndarray:
-        """sentence-transformers sorts by length inside the batch too."""
+        """Small batches (queries) on ONNX Runtime when loaded; the rest through torch, where
+        sentence-transformers sorts by length inside the batch too."""
+        if self._runner is not None:
+            small = self._runner.encode_if_small(texts)
+            if small is not None:
+                return small
         vectors = self._model.encode(
             texts,
             batch_size=max(1, len(texts)),
@@ -98,4 +129,5 @@ class SentenceTransformerModel(ThreadedModel):
             parameter_bytes=param_bytes,
             load_seconds=self._load_seconds,
             source=self._source,
+            extra={"small_batches": self._small_runtime},
         )

@@ -252,13 +252,19 @@ class ModelRegistry:
             from engine.models.local import SentenceTransformerModel
 
             folder = self.resolve_folder(spec)
+            fingerprint = self.fingerprint(spec, folder)
+            onnx_file = None
+            if spec.options.get("onnx_small_batches", True):
+                export = f"{name}-{fingerprint.digest[:16]}"
+                onnx_file = self.config.cache_dir / "onnx" / export / "model.onnx"
             model = SentenceTransformerModel(
                 name,
                 folder,
-                self.fingerprint(spec, folder),
+                fingerprint,
                 device=self.config.device,
                 trust_remote_code=bool(spec.options.get("trust_remote_code", False)),
                 source=f"{spec.source[0]}: {spec.source[1]}",
+                onnx_file=onnx_file,
             )
             self._instances[name] = model
             return model
