@@ -18,6 +18,7 @@ CRITERIA = ("accuracy", "latency", "memory", "cost")
 # Figure each criterion reads; accuracy is the task's headline metric, given per evaluation.
 FIGURES = {"latency": "query_p50_ms", "memory": "memory_mb", "cost": "cost_per_1k"}
 
+
 @dataclass(frozen=True)
 class UseCase:
     name: str

@@ -28,7 +28,8 @@ import math
 import os
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -91,6 +92,18 @@ def configure_faiss_threads(threads: int | None = None) -> int | None:
         raise ValueError(f"{source} must be a positive integer, got {threads!r}")
     faiss.omp_set_num_threads(threads)
     return threads
+
+
+@contextmanager
+def _omp_threads(threads: int) -> Iterator[None]:
+    """OpenMP's count belongs to the calling thread, and searches run on pooled worker threads:
+    set it for one call and restore it, so a later build on that thread keeps its own count."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def ivf_nlist_for(n: int) -> int:
@@ -342,9 +355,11 @@ class FaissVectorStore:
         q = self._check_vectors(queries, "search queries")
         _check_positive("k", k)
         nq = q.shape[0]
-        with self._lock:
-            if self._threads is not None:
-                faiss.omp_set_num_threads(self._threads)
+        # A lone query runs on one thread unless the user chose: FAISS splits its scan across
+        # the pool, and waiting for a second core that torch or the app holds costs more than
+        # it saves (100k x 384 flat, 2 cores: p50 10.8 vs 14.1 ms, p95 11.5 vs 28.9 ms).
+        threads = self._threads or (1 if nq == 1 else faiss.omp_get_max_threads())
+        with self._lock, _omp_threads(threads):
             if candidate_ids is None:
                 pool = self._ids
                 selector: faiss.IDSelector | None = None
