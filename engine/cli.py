@@ -168,7 +168,8 @@ async def cmd_embed(args: argparse.Namespace, config: Config) -> int:
     async with Engine(config) as engine:
         result = await engine.embeddings.encode_detailed(args.texts, args.model)
         model = await engine.embeddings.model(args.model)
-        device = model.info().device
+        info = model.info()
+        device = info.device
     per_text = [
         {
             "text": text,
@@ -190,6 +191,7 @@ async def cmd_embed(args: argparse.Namespace, config: Config) -> int:
         "model": result.model,
         "dimension": int(result.vectors.shape[1]),
         "device": device,
+        **info.extra,
         "seconds": round(result.seconds, 4),
         "texts": per_text,
     }

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATASETS
+from conftest import DATASETS, REPO
 
 from engine.config import load_config
 from engine.models import ModelRegistry
@@ -97,3 +99,23 @@ async def test_odd_single_texts_match_torch(tmp_path: Path, st_minilm, text: str
     expected = st_minilm.encode([cut], normalize_embeddings=True)
     assert float(vector[0] @ expected[0]) > 0.99999
     await registry.close()
+
+
+def test_embed_command_reports_runtime_and_caches(isolated_home: Path) -> None:
+    def embed(*texts: str) -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tui.cli", "embed", *texts, "--json", "--vectors"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout)
+
+    first = embed("how do tides work")
+    assert first["small_batches"].startswith("onnxruntime")
+    assert (first["model"], first["dimension"]) == ("minilm", 384)
+    second = embed("how do tides work", "a second text")
+    assert [t["cache"] for t in second["texts"]] == ["l2", "miss"]
+    assert second["texts"][0]["vector"] == first["texts"][0]["vector"]
