@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.timer import Timer
 from textual.widgets import (
     Button,
     DataTable,
@@ -26,9 +27,11 @@ from tui.panes.base import Pane
 from tui.widgets.paths import FolderSuggester
 
 if TYPE_CHECKING:
-    from engine.index import CancelToken, CorpusIndex, IndexReport, IndexStats
+    from engine.index import CancelToken, CorpusIndex, IndexProgress, IndexReport, IndexStats
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+# Progress arrives once per file; painting it more often than this only costs the UI loop.
+PAINT_EVERY_S = 0.1
 
 
 def default_index_name(corpus: Path) -> str:
@@ -70,6 +73,17 @@ def format_eta(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def describe_progress(p: IndexProgress, frozen: bool) -> str:
+    """Three short lines, so a narrow pane cuts only the file name."""
+    rate = "—" if frozen else f"{p.chunks_per_s:.0f}"
+    eta = "—" if frozen else format_eta(p.eta_s)
+    return (
+        f"{p.phase}: files {p.files_done}/{p.files_total} · chunks {p.chunks_done}\n"
+        f"{rate} chunks/s · ETA {eta}\n"
+        f"{p.current}"
+    )
+
+
 class IndexPane(Pane):
     title = "Index"
     BINDINGS = INDEX_BINDINGS
@@ -78,6 +92,8 @@ class IndexPane(Pane):
         super().__init__(id="index-pane")
         self._token: CancelToken | None = None
         self._models: list[str] = []
+        self._unpainted: IndexProgress | None = None
+        self._painter: Timer | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="index-top"):
@@ -135,8 +151,13 @@ class IndexPane(Pane):
             if current in names:
                 select.value = current
 
+    @work(thread=True, exclusive=True, group="index-stats", exit_on_error=False)
     def show_index(self, index: CorpusIndex) -> None:
+        """In a thread: the counts wait on the store's lock while a commit holds it."""
         stats = index.stats()
+        self.app.call_from_thread(self._show_stats, stats)
+
+    def _show_stats(self, stats: IndexStats) -> None:
         self.query_one("#index-stats", Static).update(describe_stats(stats, self.embedscope.frozen))
         if stats.model in self._models:
             self.query_one("#model", Select).value = stats.model
@@ -195,7 +216,7 @@ class IndexPane(Pane):
         self._token = CancelToken()
         self._set_running(True)
         self.query_one("#skipped", DataTable).clear()
-        self.query_one("#progress-line", Static).update(f"Preparing index {name}…")
+        self.query_one("#progress-line", Static).update(f"Preparing index {name}…", layout=False)
         self.run_indexing(name, paths, model, index_type, self._token)
 
     @work(exclusive=True, group="indexing", exit_on_error=False)
@@ -228,15 +249,27 @@ class IndexPane(Pane):
         if self._token is None:
             return
         self._token.cancel()
-        self.query_one("#progress-line", Static).update("Cancelling after the current batch…")
+        self._stop_painting()
+        self.query_one("#progress-line", Static).update(
+            "Cancelling after the current batch…", layout=False
+        )
 
     def _set_running(self, running: bool) -> None:
+        """While running, the progress line has a fixed height, so repaints skip layout."""
         self.query_one("#start", Button).disabled = running
         self.query_one("#cancel", Button).disabled = not running
+        self.query_one("#progress-line", Static).set_class(running, "-running")
 
     def _finish_run(self) -> None:
         self._token = None
+        self._stop_painting()
         self._set_running(False)
+
+    def _stop_painting(self) -> None:
+        if self._painter is not None:
+            self._painter.stop()
+            self._painter = None
+        self._unpainted = None
 
     @on(Button.Pressed, "#cancel")
     def _cancel_pressed(self) -> None:
@@ -244,16 +277,26 @@ class IndexPane(Pane):
 
     @on(IndexProgressed)
     def _progress(self, message: IndexProgressed) -> None:
+        """Keeps the newest figures; the first is painted at once, later ones at most
+        every PAINT_EVERY_S."""
         message.stop()
-        p = message.progress
-        bar = self.query_one("#progress", ProgressBar)
-        bar.update(total=max(p.files_total, 1), progress=p.files_done)
-        rate = "—" if self.embedscope.frozen else f"{p.chunks_per_s:.0f}"
-        eta = "—" if self.embedscope.frozen else format_eta(p.eta_s)
-        current = f"  {p.current}" if p.current else ""
+        if not self.running:
+            return
+        self._unpainted = message.progress
+        if self._painter is None:
+            self._paint_progress()
+            self._painter = self.set_interval(PAINT_EVERY_S, self._paint_progress)
+
+    def _paint_progress(self) -> None:
+        p = self._unpainted
+        if p is None:
+            return
+        self._unpainted = None
+        self.query_one("#progress", ProgressBar).update(
+            total=max(p.files_total, 1), progress=p.files_done
+        )
         self.query_one("#progress-line", Static).update(
-            f"{p.phase}: files {p.files_done}/{p.files_total} · chunks {p.chunks_done} · "
-            f"{rate} chunks/s · ETA {eta}{current}"
+            describe_progress(p, self.embedscope.frozen), layout=False
         )
 
     def finished(self, report: IndexReport) -> None:

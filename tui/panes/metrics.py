@@ -7,6 +7,7 @@ import resource
 import sys
 from typing import Any
 
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Grid, Vertical
 from textual.widgets import Label, Sparkline, Static
@@ -118,14 +119,26 @@ class MetricsPane(Pane):
         self.query_one("#metrics-state", Static).update("" if self.live else "Paused (ctrl+r).")
 
     def refresh_figures(self) -> None:
-        """Cheap: reads counters under a lock; skips work while hidden or paused."""
+        """Skips work while hidden or paused."""
+        if self.live and self.embedscope.engine is not None and self.is_on_screen:
+            self.gather_figures()
+
+    @work(thread=True, exclusive=True, group="metrics", exit_on_error=False)
+    def gather_figures(self) -> None:
+        """In a thread: the index size reads SQLite, whose lock a commit may hold for a while."""
         engine = self.embedscope.engine
-        if not self.live or engine is None or not self.is_on_screen:
+        if engine is None:
             return
         cards, timeline, histogram = summarise(engine.embeddings.snapshot())
         index = self.embedscope.index
         cards["index_bytes"] = human_bytes(index.stats().bytes_on_disk) if index else PLACEHOLDER
         cards["rss"] = human_bytes(rss_bytes())
+        self.app.call_from_thread(self._show_figures, cards, timeline, histogram)
+
+    def _show_figures(
+        self, cards: dict[str, str], timeline: list[float], histogram: dict[str, int]
+    ) -> None:
+        """Only widgets whose text changed are repainted."""
         for key, text in cards.items():
             if self._shown.get(key) != text:
                 self.query_one(f"#card-{key}", Static).update(text)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -27,13 +29,37 @@ MODES = ("hybrid", "vector", "keyword")
 DEBOUNCE_S = 0.03
 TOP_K = 20
 CONTEXT_CHUNKS = 1
+RANK_WIDTH = 3
+SCORE_WIDTH = 6
+MIN_WIDTH = 8
+TITLE_SHARE = 0.4
+PATH_SHARE = 0.2
+
+
+def one_line(value: str) -> Text:
+    """A cell that ends in "…" where its column cuts it."""
+    return Text(value.replace("\n", " "), no_wrap=True, overflow="ellipsis")
 
 
 def highlighted(snippet: str, spans: list[tuple[int, int]], style: str = "bold reverse") -> Text:
-    text = Text(snippet.replace("\n", " "), no_wrap=True, overflow="ellipsis")
+    text = one_line(snippet)
     for start, end in spans:
         text.stylize(style, start, end)
     return text
+
+
+def result_widths(space: int, titles: Sequence[str], paths: Sequence[str]) -> tuple[int, int, int]:
+    """Title, path and snippet widths that share `space` cells.
+
+    Title and path take a share each but no more than their longest value needs, so whatever
+    they leave goes to the snippet, which keeps at least the rest of the space.
+    """
+    space = max(space, 3 * MIN_WIDTH)
+    longest_title = max(map(cell_len, titles), default=space)
+    longest_path = max(map(cell_len, paths), default=space)
+    title = max(MIN_WIDTH, min(round(space * TITLE_SHARE), longest_title))
+    path = max(MIN_WIDTH, min(round(space * PATH_SHARE), longest_path))
+    return title, path, space - title - path
 
 
 class SearchPane(Pane):
@@ -45,6 +71,7 @@ class SearchPane(Pane):
         self.hits: list[SearchHit] = []
         self._like: Query | None = None
         self._shown: Query | None = None
+        self._widths: tuple[int, int, int] | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="search-bar"):
@@ -61,12 +88,46 @@ class SearchPane(Pane):
             yield Static("", id="detail")
 
     def on_mount(self) -> None:
+        self._fill_results()
+
+    def on_resize(self) -> None:
+        """Columns follow the table's width; the highlighted row stays where it was."""
+        if self._column_widths() != self._widths:
+            table = self.query_one("#results", DataTable)
+            row = table.cursor_row
+            self._fill_results()
+            table.move_cursor(row=row)
+
+    def _column_widths(self) -> tuple[int, int, int]:
         table = self.query_one("#results", DataTable)
-        table.add_column("#", key="rank", width=3)
-        table.add_column("Score", key="score", width=6)
-        table.add_column("Title", key="title", width=24)
-        table.add_column("Path", key="path", width=24)
-        table.add_column("Snippet", key="snippet")
+        fixed = RANK_WIDTH + SCORE_WIDTH + 5 * 2 * table.cell_padding
+        space = table.size.width - table.styles.scrollbar_size_vertical - fixed
+        return result_widths(space, [h.title for h in self.hits], [h.path for h in self.hits])
+
+    def _fill_results(self) -> None:
+        """Rows for `hits`; the columns are rebuilt only when their widths change."""
+        table = self.query_one("#results", DataTable)
+        widths = self._column_widths()
+        if widths == self._widths:
+            table.clear()
+        else:
+            self._widths = widths
+            title, path, snippet = widths
+            table.clear(columns=True)
+            table.add_column("#", key="rank", width=RANK_WIDTH)
+            table.add_column("Score", key="score", width=SCORE_WIDTH)
+            table.add_column("Title", key="title", width=title)
+            table.add_column("Path", key="path", width=path)
+            table.add_column("Snippet", key="snippet", width=snippet)
+        for hit in self.hits:
+            table.add_row(
+                str(hit.rank),
+                f"{hit.score:.3f}",
+                one_line(hit.title),
+                one_line(hit.path),
+                highlighted(hit.snippet, hit.highlights),
+                key=str(hit.chunk_id),
+            )
 
     # The query as the inputs say it now; results for anything else are stale.
     def current_query(self) -> Query:
@@ -99,18 +160,23 @@ class SearchPane(Pane):
         self.run_search(query)
 
     def _filter_ok(self, text: str) -> bool:
-        """Checked before searching, so a typo in a filter says what is wrong at once."""
-        from engine.store.filters import FilterError, parse_filters
+        """Checked before searching, so a typo in a filter says what is wrong at once.
 
+        No filter needs no parser: importing it pulls in the engine (~150 ms) on the UI loop,
+        which at start-up would delay the first frame.
+        """
         error = self.query_one("#filter-error", Static)
         box = self.query_one("#filter", Input)
-        try:
-            parse_filters(text)
-        except FilterError as exc:
-            error.update(str(exc))
-            error.display = True
-            box.add_class("-invalid-filter")
-            return False
+        if text:
+            from engine.store.filters import FilterError, parse_filters
+
+            try:
+                parse_filters(text)
+            except FilterError as exc:
+                error.update(str(exc))
+                error.display = True
+                box.add_class("-invalid-filter")
+                return False
         error.display = False
         box.remove_class("-invalid-filter")
         return True
@@ -151,17 +217,7 @@ class SearchPane(Pane):
     def _show(self, query: Query, hits: list[SearchHit], seconds: float | None) -> None:
         self.hits = hits
         self._shown = query
-        table = self.query_one("#results", DataTable)
-        table.clear()
-        for hit in hits:
-            table.add_row(
-                str(hit.rank),
-                f"{hit.score:.3f}",
-                hit.title,
-                hit.path,
-                highlighted(hit.snippet, hit.highlights),
-                key=str(hit.chunk_id),
-            )
+        self._fill_results()
         if seconds is None:
             self._info("Type a query.")
             self.query_one("#detail", Static).update("")
