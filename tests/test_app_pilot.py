@@ -13,6 +13,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
 from tui.app import EmbedscopeApp
+from tui.panes.compare import ComparePane
 from tui.panes.search import SearchPane
 
 DOCS = {
@@ -134,6 +135,13 @@ async def test_first_launch_indexes_then_lands_on_search_and_searches(
             rows = list(csv.DictReader(fh))
         assert [r["doc_key"] for r in rows] == [h.doc_key for h in pane.hits]
         assert rows[0]["rank"] == "1" and rows[0]["query"] == pane._shown.text
+
+        # Compare shows the loaded model live: its runtime, load time and query latency.
+        await pilot.press("f4")
+        compare = app.query_one(ComparePane)
+        await wait_for(pilot, lambda: any(r.latency_p50_ms for r in compare.models), timeout=10)
+        (row,) = [r for r in compare.models if r.name == "minilm"]
+        assert row.loaded and row.load_seconds and row.device == "cpu, queries on onnx"
 
 
 async def test_second_launch_reuses_the_index_without_model_calls(

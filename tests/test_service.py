@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from engine import Engine
 from engine.embedding import OverloadedError
 from engine.models import EmbeddingModel, Fingerprint, ModelInfo, Truncated
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def varied_texts(n: int = 100) -> list[str]:

@@ -147,7 +147,9 @@ class EmbedscopeApp(App[None]):
         gc.unfreeze()
 
     def set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(text)
+        """Workers report here; one finishing while the app closes finds no status line."""
+        for status in self.query("#status").results(Static):
+            status.update(text)
 
     def active_pane(self) -> Pane | None:
         active = self.query_one("#panes", TabbedContent).active
@@ -295,9 +297,11 @@ class EmbedscopeApp(App[None]):
 
     def refresh_models(self) -> None:
         engine = self.engine
-        compare = self.query_one(ComparePane)
-        if engine is None or not compare.models:
+        found = self.query(ComparePane)
+        # No pane: the app is closing while the engine worker still reports.
+        if engine is None or not found or not found.first().models:
             return
+        compare = found.first()
         snapshot = engine.embeddings.snapshot()["models"]
         self._loaded_models.update(snapshot)
         rows = []
@@ -306,13 +310,14 @@ class EmbedscopeApp(App[None]):
             model = engine.registry.created(row.name) if row.name in self._loaded_models else None
             if model is not None:
                 info = model.info()
+                onnx = str(info.extra.get("small_batches", "")).startswith("onnxruntime")
                 row = ModelRow(
                     row.name,
                     row.available,
                     row.reason,
                     row.kind,
                     info.dimension,
-                    info.device,
+                    f"{info.device}, queries on onnx" if onnx else info.device,
                     info.loaded,
                     info.load_seconds,
                     latency,
