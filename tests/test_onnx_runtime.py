@@ -32,7 +32,7 @@ def export_of(tmp_path: Path) -> Path:
     return found
 
 
-async def test_queries_match_torch_and_long_batches_stay_on_torch(tmp_path: Path, st_minilm):
+async def test_queries_and_short_batches_match_torch_long_rows_stay_on_torch(tmp_path: Path, st_minilm):
     registry = registry_in(tmp_path)
     model = registry.get("minilm")
     queries = scifact_queries(40)
@@ -42,10 +42,14 @@ async def test_queries_match_torch_and_long_batches_stay_on_torch(tmp_path: Path
     expected = st_minilm.encode(queries, normalize_embeddings=True)
     assert float(np.min(np.sum(singles * expected, axis=1))) > 0.99999
     runner = model._runner
-    long_batch = ["many words in a long passage " * 30] * 8
-    assert runner.encode_if_small(long_batch) is None
-    assert runner.encode_if_small(queries[:4]) is not None
-    assert runner.encode_if_small(["word " * 10] * (MAX_PADDED_TOKENS // 8)) is None
+    assert runner.encode_if_small(["many words in a long passage " * 30, "short"]) is None
+    # Short rows of mixed lengths, more than one sub-batch: rows come back in input order.
+    mixed = [q * (1 + i % 3) for i, q in enumerate(queries)] * 2
+    assert sum(len(t.split()) for t in mixed) > MAX_PADDED_TOKENS
+    batched = runner.encode_if_small(mixed)
+    expected = st_minilm.encode(mixed, normalize_embeddings=True)
+    assert batched is not None and batched.shape == expected.shape
+    assert float(np.min(np.sum(batched * expected, axis=1))) > 0.99999
     await registry.close()
 
 

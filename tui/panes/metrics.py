@@ -119,9 +119,13 @@ class MetricsPane(Pane):
         self.query_one("#metrics-state", Static).update("" if self.live else "Paused (ctrl+r).")
 
     def refresh_figures(self) -> None:
-        """Skips work while hidden or paused."""
-        if self.live and self.embedscope.engine is not None and self.is_on_screen:
-            self.gather_figures()
+        """Skips work while hidden, paused, or while the last gathering still waits on SQLite:
+        an exclusive worker cancels its predecessor, but a thread already blocked runs on."""
+        if not (self.live and self.embedscope.engine is not None and self.is_on_screen):
+            return
+        if any(w.node is self and w.group == "metrics" and not w.is_finished for w in self.workers):
+            return
+        self.gather_figures()
 
     @work(thread=True, exclusive=True, group="metrics", exit_on_error=False)
     def gather_figures(self) -> None:
