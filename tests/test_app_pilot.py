@@ -141,7 +141,7 @@ async def test_first_launch_indexes_then_lands_on_search_and_searches(
         compare = app.query_one(ComparePane)
         await wait_for(pilot, lambda: any(r.latency_p50_ms for r in compare.models), timeout=10)
         (row,) = [r for r in compare.models if r.name == "minilm"]
-        assert row.loaded and row.load_seconds and row.device == "cpu, queries on onnx"
+        assert row.loaded and row.load_seconds and row.device == "cpu + onnx"
 
 
 async def test_second_launch_reuses_the_index_without_model_calls(

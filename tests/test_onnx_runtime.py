@@ -32,7 +32,7 @@ def export_of(tmp_path: Path) -> Path:
     return found
 
 
-async def test_queries_and_short_batches_match_torch_long_rows_stay_on_torch(tmp_path: Path, st_minilm):
+async def test_short_batches_match_torch_and_long_rows_stay_on_torch(tmp_path: Path, st_minilm):
     registry = registry_in(tmp_path)
     model = registry.get("minilm")
     queries = scifact_queries(40)

@@ -317,7 +317,7 @@ class EmbedscopeApp(App[None]):
                     row.reason,
                     row.kind,
                     info.dimension,
-                    f"{info.device}, queries on onnx" if onnx else info.device,
+                    f"{info.device} + onnx" if onnx else info.device,
                     info.loaded,
                     info.load_seconds,
                     latency,

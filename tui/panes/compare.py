@@ -172,7 +172,7 @@ class ComparePane(Pane):
             for r in rows:
                 if r != old[r.name]:
                     for key, value in cells[r.name].items():
-                        table.update_cell(r.name, key, value)
+                        table.update_cell(r.name, key, value, update_width=True)
         self.models = rows
 
     def set_runs(self, runs: list[RunView] | None) -> None:
