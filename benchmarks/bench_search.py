@@ -164,7 +164,7 @@ async def query_pass(
                     started = time.perf_counter()
                     index.model.encode_sync([q])
                     direct.append((time.perf_counter() - started) * 1000)
-                runtime = index.model.info().extra.get("small_batches", "")
+                runtime = index.model.info().small_batches
             finally:
                 index.close()
         finally:

@@ -191,7 +191,7 @@ async def cmd_embed(args: argparse.Namespace, config: Config) -> int:
         "model": result.model,
         "dimension": int(result.vectors.shape[1]),
         "device": device,
-        **info.extra,
+        **({"small_batches": info.small_batches} if info.small_batches else {}),
         "seconds": round(result.seconds, 4),
         "texts": per_text,
     }

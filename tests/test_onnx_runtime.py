@@ -37,7 +37,7 @@ async def test_short_batches_match_torch_and_long_rows_stay_on_torch(tmp_path: P
     model = registry.get("minilm")
     queries = scifact_queries(40)
     singles = np.vstack([await model.encode([q]) for q in queries])
-    assert model.info().extra["small_batches"].startswith("onnxruntime")
+    assert model.info().small_batches.startswith("onnxruntime")
     assert export_of(tmp_path).stat().st_size > 50_000_000
     expected = st_minilm.encode(queries, normalize_embeddings=True)
     assert float(np.min(np.sum(singles * expected, axis=1))) > 0.99999
@@ -75,7 +75,7 @@ async def test_damaged_or_wrong_export_is_made_again(tmp_path: Path) -> None:
         registry = registry_in(tmp_path)
         model = registry.get("minilm")
         await model.load()
-        assert model.info().extra["small_batches"].startswith("onnxruntime")
+        assert model.info().small_batches.startswith("onnxruntime")
         assert target.read_bytes() == good
         await registry.close()
 
@@ -89,7 +89,7 @@ async def test_opt_out_keeps_torch_and_writes_nothing(tmp_path: Path, minilm_dir
     model = registry.get("minilm")
     vectors = await model.encode(["a lone query"])
     assert vectors.shape == (1, 384)
-    assert model.info().extra["small_batches"] == "torch"
+    assert model.info().small_batches == "torch"
     assert not (tmp_path / "cache").exists()
     await registry.close()
 

@@ -310,7 +310,7 @@ class EmbedscopeApp(App[None]):
             model = engine.registry.created(row.name) if row.name in self._loaded_models else None
             if model is not None:
                 info = model.info()
-                onnx = str(info.extra.get("small_batches", "")).startswith("onnxruntime")
+                onnx = info.small_batches.startswith("onnxruntime")
                 row = ModelRow(
                     row.name,
                     row.available,

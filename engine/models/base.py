@@ -55,6 +55,8 @@ class ModelInfo:
     parameter_bytes: int | None = None
     load_seconds: float | None = None
     source: str = ""
+    # What runs small batches (queries) if not what runs the rest: "onnxruntime, 2 threads".
+    small_batches: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -129,5 +129,5 @@ class SentenceTransformerModel(ThreadedModel):
             parameter_bytes=param_bytes,
             load_seconds=self._load_seconds,
             source=self._source,
-            extra={"small_batches": self._small_runtime},
+            small_batches=self._small_runtime,
         )

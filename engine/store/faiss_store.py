@@ -95,9 +95,13 @@ def configure_faiss_threads(threads: int | None = None) -> int | None:
 
 
 @contextmanager
-def _omp_threads(threads: int) -> Iterator[None]:
+def _omp_threads(threads: int | None) -> Iterator[None]:
     """OpenMP's count belongs to the calling thread, and searches run on pooled worker threads:
-    set it for one call and restore it, so a later build on that thread keeps its own count."""
+    set it for one call and restore it, so a later build on that thread keeps its own count.
+    None leaves the count alone."""
+    if threads is None:
+        yield
+        return
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads)
     try:
@@ -358,7 +362,7 @@ class FaissVectorStore:
         # A lone query runs on one thread unless the user chose: FAISS splits its scan across
         # the pool, and waiting for a second core that torch or the app holds costs more than
         # it saves (100k x 384 flat, 2 cores: p50 10.8 vs 14.1 ms, p95 11.5 vs 28.9 ms).
-        threads = self._threads or (1 if nq == 1 else faiss.omp_get_max_threads())
+        threads = self._threads or (1 if nq == 1 else None)
         with self._lock, _omp_threads(threads):
             if candidate_ids is None:
                 pool = self._ids
