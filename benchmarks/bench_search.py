@@ -11,12 +11,15 @@ apart, so the engine's own overhead is the remainder. Baselines in the same run:
 a lone query); `torch_queries` with onnx_small_batches off (every query through torch);
 `faiss_threads_2` with EMBEDSCOPE_FAISS_THREADS=2 (a lone query's scan split over both cores).
 That pass runs last in each round: the engine applies the count on whichever worker thread opens
-the index, so it outlives the pass on that thread.
+the index, so it outlives the pass on that thread. Last, the static tier (`minilm-static`,
+distilled on first use) and its source model embed the same fresh queries, alternating per
+query, cache bypassed: `static_query_speedup` is the ratio of their median query times.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import tempfile
@@ -40,18 +43,20 @@ from _common import (
 )
 
 from engine import Engine
-from engine.config import Config
+from engine.config import Config, load_config
 from engine.embedding import EmbeddingService
 from engine.index import CorpusIndex, IndexProgress
 from engine.models import ModelRegistry
 
 ROWS_PER_FILE = 1000
 TOP_K = 10
+STATIC = "minilm-static"
 TARGETS = {
     "query_p50_ms": ("<=", 25.0),
     "query_p95_ms": ("<=", 40.0),
     "hnsw_query_p50_ms": ("<=", 10.0),
     "hnsw_recall_at_10": (">=", 0.95),
+    "static_query_speedup": (">=", 10.0),
 }
 
 
@@ -184,6 +189,28 @@ async def query_pass(
     }
 
 
+async def static_pass(home: Path, measured: list[str], warmup: list[str]) -> dict[str, Any]:
+    """Each fresh query through the service on the static tier and on its source model, in
+    alternating order, cache bypassed so both pay their model."""
+    base = load_config(use_user_file=False)
+    source = str(base.models[STATIC]["distill_from"])
+    raw = {**base.raw, "models": {source: base.models[source], STATIC: base.models[STATIC]}}
+    config = dataclasses.replace(base, raw=raw, data_dir=home)
+    times: dict[str, list[float]] = {source: [], STATIC: []}
+    async with Engine(config) as engine:
+        service = engine.embeddings
+        for name in times:
+            await service.model(name)
+            for q in warmup:
+                await service.encode_detailed([q], name, use_cache=False)
+        for i, q in enumerate(measured):
+            for name in (source, STATIC) if i % 2 == 0 else (STATIC, source):
+                started = time.perf_counter()
+                await service.encode_detailed([q], name, use_cache=False)
+                times[name].append((time.perf_counter() - started) * 1000)
+    return {"source": source, "source_ms": times[source], "static_ms": times[STATIC]}
+
+
 def recall(truth: list[list[int]], approx: list[list[int]]) -> float:
     shares = [len(set(t) & set(a)) / len(t) for t, a in zip(truth, approx, strict=True) if t]
     return sum(shares) / len(shares)
@@ -245,6 +272,8 @@ async def run(args: Any) -> dict[str, Any]:
                         embed_probe=probe if label in ("flat", "nowait", "torch") else [],
                     )
                 )
+        log(f"{STATIC} vs its source model: {len(measured)} fresh queries each")
+        static = await static_pass(home, measured, warmup)
 
     def pooled(label: str, key: str) -> list[float]:
         return [v for p in passes[label] for v in p[key]]
@@ -295,6 +324,12 @@ async def run(args: Any) -> dict[str, Any]:
             ),
             4,
         ),
+        "static_query_speedup": round(
+            median(static["source_ms"]) / median(static["static_ms"]), 1
+        ),
+        "static_query_embed_ms": ms(static["static_ms"]),
+        "static_source_query_embed_ms": ms(static["source_ms"]),
+        "static_source_model": static["source"],
         "faiss_threads_default": default_threads,
         "faiss_threads_2": {
             "query_p50_ms": ms(flat2_lat),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -15,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Config, ConfigError, load_config
+from engine.disks import FULL, disk_problem
 from engine.embedding import OverloadedError
 from engine.engine import Engine
-from engine.index import MODES, CorpusIndexError, IndexProgress, SearchHit
-from engine.models import ModelError
+from engine.index import MODES, PERS, CorpusIndexError, IndexProgress, SearchHit
+from engine.limits import RequestLimits
+from engine.models import EmbeddingModel, ModelError
 from engine.store import FILTER_FORMS, StoreError
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+PER_HELP = "one result per document (default; its best chunk shown) or per chunk"
 
 Handler = Callable[[argparse.Namespace, Config], Coroutine[Any, Any, int]]
 COMMANDS: dict[str, Handler] = {}
@@ -76,11 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include", action="append", default=[], metavar="GLOB")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument(
+        "--wait", action="store_true", help="wait for another writer of the index to finish"
+    )
 
     p = sub.add_parser("search", help="search a named index")
     p.add_argument("query")
     p.add_argument("--name", "-n", default="default")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--per", choices=PERS, default="document", help=PER_HELP)
     p.add_argument(
         "--filter",
         "-f",
@@ -96,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="a document key (e.g. astronomy/black-holes.md) or a chunk id")
     p.add_argument("--name", "-n", default="default")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--per", choices=PERS, default="document", help=PER_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
     p = sub.add_parser("info", help="describe one index, or list all")
@@ -105,17 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("repair", help="rebuild a damaged index from what is left")
     p.add_argument("name")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument(
+        "--wait", action="store_true", help="wait for another writer of the index to finish"
+    )
 
     p = sub.add_parser("rm-index", help="delete a named index")
     p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument(
+        "--wait", action="store_true", help="wait for another writer of the index to finish"
+    )
 
     p = sub.add_parser("snapshot", help="write an index to one verified archive")
     p.add_argument("name")
     p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument(
+        "--wait", action="store_true", help="wait for another writer of the index to finish"
+    )
 
     p = sub.add_parser("restore", help="restore an index from a snapshot archive")
     p.add_argument("file", type=Path)
     p.add_argument("--name", "-n", help="restore under another name")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
 
     from engine.evaluation.cli import add_parsers as add_eval_parsers
 
@@ -148,6 +169,7 @@ async def cmd_models(args: argparse.Namespace, config: Config) -> int:
                 **a.extra,
             }
         )
+    await probe_remote(engine, [r for r in rows if r["kind"] == "openai" and r["available"]])
     if args.json:
         emit_json({"models": rows})
         return 0
@@ -159,17 +181,54 @@ async def cmd_models(args: argparse.Namespace, config: Config) -> int:
         print(f"{mark} {r['name']:<{width}}  {r['kind']:<21} dim {dim!s:<5} {state}: {r['reason']}")
         if r["description"]:
             print(f"  {'':<{width}}  {r['description']}")
+        if "state" in r:
+            print(f"  {'':<{width}}  {remote_line(r)}")
     print(f"\n* default model; device: {device} (setting: {config.device})")
     return 0
+
+
+async def probe_remote(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    """One short request to each remote model, side by side: state, latency, breaker."""
+
+    async def probe(row: dict[str, Any]) -> None:
+        try:
+            model = await engine.registry.aget(row["name"])
+            status = await model.probe() if hasattr(model, "probe") else None
+        except ModelError as exc:
+            row.update(available=False, reason=str(exc))
+            return
+        if status is not None:
+            keys = ("state", "latency_ms", "last_error", "breaker")
+            row.update({k: status[k] for k in keys})
+
+    await asyncio.gather(*(probe(r) for r in rows))
+    await engine.registry.close()
+
+
+def remote_line(row: dict[str, Any]) -> str:
+    latency = row["latency_ms"]["last"]
+    took = f", {latency:.0f} ms" if latency is not None else ""
+    error = f"; last error: {row['last_error']}" if row["state"] != "reachable" else ""
+    return f"{row['endpoint']}: {row['state']}{took} (breaker {row['breaker']['state']}){error}"
+
+
+def usage_delta(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    """Tokens a remote endpoint reported for this command, and what they cost."""
+    if before is None or after is None:
+        return {}
+    tokens = after["prompt_tokens"] - before["prompt_tokens"]
+    return {"prompt_tokens": tokens, "cost_usd": tokens * after["price_per_1m_tokens"] / 1e6}
 
 
 @command("embed")
 async def cmd_embed(args: argparse.Namespace, config: Config) -> int:
     async with Engine(config) as engine:
-        result = await engine.embeddings.encode_detailed(args.texts, args.model)
+        before = (await engine.embeddings.model(args.model)).status()
+        result = await engine.embeddings.encode_request(args.texts, args.model)
         model = await engine.embeddings.model(args.model)
         info = model.info()
         device = info.device
+        usage = usage_delta(before, model.status())
     per_text = [
         {
             "text": text,
@@ -193,6 +252,7 @@ async def cmd_embed(args: argparse.Namespace, config: Config) -> int:
         "device": device,
         **({"small_batches": info.small_batches} if info.small_batches else {}),
         "seconds": round(result.seconds, 4),
+        **({"usage": usage} if usage else {}),
         "texts": per_text,
     }
     if args.json:
@@ -201,6 +261,8 @@ async def cmd_embed(args: argparse.Namespace, config: Config) -> int:
     print(
         f"model {payload['model']} ({payload['dimension']} dims, {device}) in {result.seconds:.3f}s"
     )
+    if usage:
+        print(f"  {usage['prompt_tokens']} prompt tokens (API usage), ${usage['cost_usd']:.6f}")
     for row in per_text:
         note = " (truncated)" if row["truncated"] else ""
         print(f"  {row['cache']:<4} {row['tokens']:>5} tokens{note}  {row['text'][:70]}")
@@ -234,14 +296,27 @@ class ProgressBar:
 
 @command("index")
 async def cmd_index(args: argparse.Namespace, config: Config) -> int:
+    if not args.path.exists():
+        raise CorpusIndexError(f"{args.path} does not exist; give a folder or file to index")
     async with Engine(config) as engine:
-        index = await engine.indexes.open_or_create(args.name, args.model, args.index_type)
-        report = await index.index_path(
-            [args.path],
-            include=args.include,
-            exclude=args.exclude,
-            progress=ProgressBar(not args.json),
+        index = await engine.indexes.open_or_create(
+            args.name, args.model, args.index_type, wait=args.wait
         )
+        try:
+            report = await index.index_path(
+                [args.path],
+                include=args.include,
+                exclude=args.exclude,
+                progress=ProgressBar(not args.json),
+                wait=args.wait,
+            )
+        except ModelError as exc:
+            done = index.stats()
+            raise ModelError(
+                f"{exc}\nindexing stopped: index '{done.name}' keeps the {done.documents} "
+                f"documents ({done.chunks} chunks) finished before the failure; run the same "
+                "command again to resume (they are not embedded again)"
+            ) from None
         stats = index.stats()
     if args.json:
         emit_json({"index": stats.to_dict(), "report": report.to_dict()})
@@ -260,29 +335,58 @@ async def cmd_index(args: argparse.Namespace, config: Config) -> int:
 
 
 def print_hits(hits: list[SearchHit]) -> None:
+    """Per document, a document with more than one matching chunk says how many."""
     if not hits:
         print("no results")
     for hit in hits:
         page = f" p.{hit.page}" if hit.page else ""
-        print(f"{hit.rank:>3}. {hit.score:8.4f}  {hit.title[:60]}  [{hit.doc_key}{page}]")
+        more = f"  ({hit.matched_chunks} chunks matched)" if hit.matched_chunks > 1 else ""
+        print(f"{hit.rank:>3}. {hit.score:8.4f}  {hit.title[:60]}  [{hit.doc_key}{page}]{more}")
         print(f"       {hit.snippet[:150]}")
+
+
+def model_load_s(model: EmbeddingModel) -> float:
+    """Seconds this process has spent loading the model so far."""
+    return model.info().load_seconds or 0.0
 
 
 @command("search")
 async def cmd_search(args: argparse.Namespace, config: Config) -> int:
+    # The engine checks these too; checking first spares loading a model for a doomed request.
+    limits = RequestLimits.from_config(config)
+    limits.check_k(args.k)
+    limits.check_query(args.query)
+    limits.check_filters(args.filter)
+    started = time.perf_counter()
     async with Engine(config) as engine:
         index = await engine.indexes.open(args.name)
-        started = time.perf_counter()
-        hits = await index.search(args.query, args.k, filters=args.filter, mode=args.mode)
-        seconds = time.perf_counter() - started
+        opened = time.perf_counter()
+        loaded = model_load_s(index.model)
+        hits = await index.search(
+            args.query, args.k, filters=args.filter, mode=args.mode, per=args.per
+        )
+        # A query not in the cache loads the model first: that is loading, not searching.
+        model_load = model_load_s(index.model) - loaded
+        timing = {
+            "load_s": round(opened - started + model_load, 4),
+            "search_s": round(time.perf_counter() - opened - model_load, 4),
+        }
+    if hits.degraded:
+        print(
+            f"embedscope search: warning: {hits.degraded} results only, {hits.reason}",
+            file=sys.stderr,
+        )
     if args.json:
+        degraded = {"degraded": hits.degraded, "degraded_reason": hits.reason}
         emit_json(
             {
                 "index": args.name,
                 "query": args.query,
                 "mode": args.mode,
+                "per": args.per,
+                **(degraded if hits.degraded else {}),
                 "filters": args.filter,
-                "seconds": round(seconds, 4),
+                **timing,
                 "results": [h.to_dict() for h in hits],
             }
         )
@@ -293,12 +397,27 @@ async def cmd_search(args: argparse.Namespace, config: Config) -> int:
 
 @command("similar")
 async def cmd_similar(args: argparse.Namespace, config: Config) -> int:
-    target: str | int = int(args.id) if args.id.isdigit() else args.id
+    RequestLimits.from_config(config).check_k(args.k)
+    target: str | int = int(args.id) if args.id.isdecimal() else args.id
+    started = time.perf_counter()
     async with Engine(config) as engine:
         index = await engine.indexes.open(args.name)
-        hits = await index.more_like_this(target, args.k)
+        opened = time.perf_counter()
+        hits = await index.more_like_this(target, args.k, per=args.per)
+        timing = {
+            "load_s": round(opened - started, 4),
+            "search_s": round(time.perf_counter() - opened, 4),
+        }
     if args.json:
-        emit_json({"index": args.name, "id": args.id, "results": [h.to_dict() for h in hits]})
+        emit_json(
+            {
+                "index": args.name,
+                "id": args.id,
+                "per": args.per,
+                **timing,
+                "results": [h.to_dict() for h in hits],
+            }
+        )
         return 0
     print_hits(hits)
     return 0
@@ -338,7 +457,7 @@ async def cmd_info(args: argparse.Namespace, config: Config) -> int:
 @command("repair")
 async def cmd_repair(args: argparse.Namespace, config: Config) -> int:
     async with Engine(config) as engine:
-        result = await engine.indexes.repair(args.name)
+        result = await engine.indexes.repair(args.name, wait=args.wait)
     if args.json:
         emit_json(result)
     else:
@@ -353,7 +472,10 @@ async def cmd_repair(args: argparse.Namespace, config: Config) -> int:
 
 @command("rm-index")
 async def cmd_rm_index(args: argparse.Namespace, config: Config) -> int:
-    await Engine(config).indexes.remove(args.name)
+    await Engine(config).indexes.remove(args.name, wait=args.wait)
+    if args.json:
+        emit_json({"index": args.name, "removed": True})
+        return 0
     print(f"index '{args.name}' removed")
     return 0
 
@@ -361,7 +483,10 @@ async def cmd_rm_index(args: argparse.Namespace, config: Config) -> int:
 @command("snapshot")
 async def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     async with Engine(config) as engine:
-        result = await engine.indexes.snapshot(args.name, args.file)
+        result = await engine.indexes.snapshot(args.name, args.file, wait=args.wait)
+    if args.json:
+        emit_json(result)
+        return 0
     print(f"snapshot of '{args.name}' written to {result['archive']} ({result['bytes']} bytes)")
     return 0
 
@@ -370,6 +495,9 @@ async def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
 async def cmd_restore(args: argparse.Namespace, config: Config) -> int:
     async with Engine(config) as engine:
         result = await engine.indexes.restore(args.file, args.name)
+    if args.json:
+        emit_json(result)
+        return 0
     print(
         f"index '{result['index']}' restored: {result['documents']} documents, "
         f"{result['chunks']} chunks"
@@ -377,8 +505,25 @@ async def cmd_restore(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def describe(exc: BaseException, data_dir: Path | None) -> str:
+    """One line; a full or read-only disk is said so, with what to do, whatever layer hit it."""
+    problem = disk_problem(exc, data_dir) if data_dir is not None else None
+    if problem == FULL:
+        return (
+            f"{FULL} under {data_dir}; nothing committed before was lost: free some space and "
+            "run the command again"
+        )
+    if problem is not None:
+        return (
+            f"cannot write under {data_dir}: {problem}; reading commands (search, similar, "
+            "info) work there, others need a writable EMBEDSCOPE_HOME"
+        )
+    return str(exc)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a parsed engine command; known failures print one clear line, not a traceback."""
+    config: Config | None = None
     try:
         config = load_config(args.config)
         return asyncio.run(COMMANDS[args.command](args, config))
@@ -390,9 +535,11 @@ def run(args: argparse.Namespace) -> int:
         StoreError,
         KeyError,
         ValueError,
-        FileNotFoundError,
+        OSError,
+        sqlite3.Error,
     ) as exc:
-        print(f"embedscope {args.command}: {exc}", file=sys.stderr)
+        data_dir = config.data_dir if config is not None else None
+        print(f"embedscope {args.command}: {describe(exc, data_dir)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -5,14 +5,19 @@ Errors name the key, the file and the line, because a config typo should be a on
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from platformdirs import user_cache_dir, user_config_dir, user_data_dir
+
+from engine.safeyaml import YamlLimitError
+from engine.safeyaml import load as load_yaml
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 APP_NAME = "embedscope"
@@ -24,14 +29,54 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Scalar:
-    """A leaf of the schema: one or more accepted Python types."""
+    """A leaf of the schema: accepted Python types, and for numbers and names the values that
+    make sense, so `hnsw_m: 0` fails at load with its line instead of deep inside a run."""
 
     types: tuple[type, ...]
     nullable: bool = False
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    choices: tuple[str, ...] = ()
+    pattern: str | None = None
+    pattern_text: str = ""
 
     def describe(self) -> str:
         names = " or ".join("number" if t is float else t.__name__ for t in self.types)
         return f"{names} or null" if self.nullable else names
+
+    def range(
+        self, *, ge: float | None = None, gt: float | None = None, le: float | None = None
+    ) -> Scalar:
+        return replace(self, ge=ge, gt=gt, le=le)
+
+    def one_of(self, *choices: str) -> Scalar:
+        return replace(self, choices=choices)
+
+    def matching(self, pattern: str, text: str) -> Scalar:
+        return replace(self, pattern=pattern, pattern_text=text)
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with a value of the right type, in words; None when nothing is."""
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}"
+        if self.pattern and isinstance(value, str) and not re.fullmatch(self.pattern, value):
+            return f"must be {self.pattern_text}"
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        bounds = []
+        if self.gt is not None:
+            bounds.append(f"> {self.gt:g}")
+        if self.ge is not None:
+            bounds.append(f">= {self.ge:g}")
+        if self.le is not None:
+            bounds.append(f"<= {self.le:g}")
+        low_ok = (self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
+        if low_ok and (self.le is None or value <= self.le):
+            return None
+        return "must be " + " and ".join(bounds)
 
 
 @dataclass(frozen=True)
@@ -52,9 +97,13 @@ INT = Scalar((int,))
 NUM = Scalar((int, float))
 OPT_NUM = Scalar((int, float), nullable=True)
 BOOL = Scalar((bool,))
+OPT_INT = Scalar((int,), nullable=True)
+# Request limits are counts SQLite and FAISS take as 32- or 64-bit ints: keep them well inside.
+LIMIT_CEILING = 2**31 - 1
 
+# Every value range and enum lives in this table; the code that reads a key can trust it.
 MODEL_SCHEMA: dict[str, Any] = {
-    "kind": STR,
+    "kind": STR.one_of("sentence-transformers", "model2vec", "openai"),
     "description": STR,
     "package": STR,
     "parts": ListOf(STR),
@@ -62,55 +111,92 @@ MODEL_SCHEMA: dict[str, Any] = {
     "path": STR,
     "hub_id": STR,
     "sha256": STR,
-    "max_seq_length": INT,
+    "max_seq_length": INT.range(ge=1, le=1_000_000),
     "trust_remote_code": BOOL,
     "model": STR,
     "base_url": STR,
     "api_key_env": STR,
-    "price_per_1m_tokens": NUM,
-    "dimensions": INT,
+    "price_per_1m_tokens": NUM.range(ge=0),
+    "dimensions": INT.range(ge=1, le=65_536),
+    # kind openai: request shape, resilience and token counting (see defaults.yaml).
+    "send_dimensions": BOOL,
+    "api_version": STR,
+    "tokenizer": STR,
+    "max_input_tokens": INT.range(ge=8, le=1_000_000),
+    "timeout_s": NUM.range(gt=0, le=3600),
+    "max_inputs_per_request": INT.range(ge=1, le=100_000),
+    "max_tokens_per_request": INT.range(ge=1),
+    "max_concurrent_requests": INT.range(ge=1, le=256),
+    "encoding_format": STR.one_of("base64", "float"),
+    "max_retries": INT.range(ge=0, le=100),
+    "retry_deadline_s": NUM.range(gt=0),
+    "backoff_initial_s": NUM.range(ge=0),
+    "backoff_max_s": NUM.range(ge=0),
+    "breaker_failures": INT.range(ge=1),
+    "breaker_cooldown_s": NUM.range(ge=0),
     "distill_from": STR,
-    "pca_dims": INT,
+    "pca_dims": INT.range(ge=1, le=65_536),
     "onnx_small_batches": BOOL,
 }
 
 SCHEMA: dict[str, Any] = {
     "data_dir": OPT_STR,
     "cache_dir": OPT_STR,
-    "device": STR,
+    "device": STR.matching(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N"),
     "allow_hub_downloads": BOOL,
     "default_model": STR,
     "models": MapOf(MODEL_SCHEMA),
     "embedding": {
-        "max_batch_size": INT,
-        "max_wait_ms": NUM,
-        "max_queue": INT,
-        "memory_cache_mb": NUM,
-        "disk_cache_mb": NUM,
-        "disk_cache_ttl_s": OPT_NUM,
+        "max_batch_size": INT.range(ge=1, le=65_536),
+        "max_wait_ms": NUM.range(ge=0, le=60_000),
+        "max_queue": INT.range(ge=1),
+        "memory_cache_mb": NUM.range(ge=0),
+        "disk_cache_mb": NUM.range(ge=0),
+        "disk_cache_ttl_s": OPT_NUM.range(gt=0),
     },
     "index": {
-        "type": STR,
-        "auto_hnsw_threshold": INT,
-        "hnsw_m": INT,
-        "hnsw_ef_search": INT,
-        "hnsw_ef_construction": INT,
-        "ivf_nlist": Scalar((int,), nullable=True),
-        "ivf_nprobe": INT,
-        "chunk_tokens": Scalar((int,), nullable=True),
-        "chunk_overlap": INT,
-        "rrf_k": INT,
+        "type": STR.one_of("auto", "flat", "hnsw", "ivf"),
+        "auto_hnsw_threshold": INT.range(ge=0),
+        "hnsw_m": INT.range(ge=2, le=512),
+        "hnsw_ef_search": INT.range(ge=1, le=1_000_000),
+        "hnsw_ef_construction": INT.range(ge=1, le=1_000_000),
+        "ivf_nlist": OPT_INT.range(ge=1, le=1_000_000),
+        "ivf_nprobe": INT.range(ge=1, le=1_000_000),
+        # The chunker needs 8 tokens to find a break; overlap is checked against it below.
+        "chunk_tokens": OPT_INT.range(ge=8),
+        "chunk_overlap": INT.range(ge=0),
+        "rrf_k": INT.range(ge=1),
+        "max_restore_gb": NUM.range(gt=0),
     },
     "use_cases": MapOf(
-        {"accuracy": NUM, "latency": NUM, "memory": NUM, "cost": NUM, "description": STR}
+        {
+            "accuracy": NUM.range(ge=0),
+            "latency": NUM.range(ge=0),
+            "memory": NUM.range(ge=0),
+            "cost": NUM.range(ge=0),
+            "description": STR,
+        }
     ),
     "documents": {
-        "max_file_mb": NUM,
+        "max_file_mb": NUM.range(gt=0, le=100_000),
+        "max_metadata_depth": INT.range(ge=1, le=100),
+        "max_metadata_kb": NUM.range(gt=0, le=1_048_576),
+        "max_yaml_aliases": INT.range(ge=0, le=1_000_000),
+        "max_yaml_nodes": INT.range(ge=1, le=100_000_000),
         "include": ListOf(STR),
         "exclude": ListOf(STR),
         "csv_text_column": STR,
         "csv_id_column": STR,
         "csv_title_column": STR,
+    },
+    # Read by engine/limits.py (request bounds).
+    "limits": {
+        "max_k": INT.range(ge=1, le=LIMIT_CEILING),
+        "max_query_chars": INT.range(ge=1, le=LIMIT_CEILING),
+        "max_filters": INT.range(ge=1, le=LIMIT_CEILING),
+        "max_filter_chars": INT.range(ge=1, le=LIMIT_CEILING),
+        "max_embed_texts": INT.range(ge=1, le=LIMIT_CEILING),
+        "max_text_chars": INT.range(ge=1, le=LIMIT_CEILING),
     },
 }
 
@@ -134,13 +220,18 @@ def _load_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], Locati
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid UTF-8 at byte {exc.start} (save the config file as UTF-8)"
+        ) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, node = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+        problem = getattr(exc, "problem", None) or exc
+        kind = "YAML refused" if isinstance(exc, YamlLimitError) else "invalid YAML"
+        raise ConfigError(f"{where}: {kind}: {problem}") from None
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
@@ -174,6 +265,8 @@ def _check(value: Any, schema: Any, key: tuple[str, ...], where: Location) -> No
                 f"{where}: '{dotted}' must be {schema.describe()}, got {type(value).__name__} "
                 f"{value!r}"
             )
+        if problem := schema.problem(value):
+            raise ConfigError(f"{where}: '{dotted}' {problem}, got {value!r}")
     elif isinstance(schema, ListOf):
         if not isinstance(value, list):
             raise ConfigError(f"{where}: '{dotted}' must be a list, got {type(value).__name__}")
@@ -295,24 +388,78 @@ def load_config(path: Path | None = None, *, use_user_file: bool = True) -> Conf
     raw, locations = _load_yaml(DEFAULTS_FILE)
     _validate(raw, SCHEMA, locations, (), str(DEFAULTS_FILE))
     sources = [DEFAULTS_FILE]
-    user = path if path is not None else (user_config_path() if use_user_file else None)
-    if path is not None and not path.is_file():
-        raise ConfigError(f"config file {path} does not exist (given with --config)")
-    if user is not None and user.is_file():
+    user = _user_file(path, use_user_file)
+    if user is not None:
         data, lines = _load_yaml(user)
         _validate(data, SCHEMA, lines, (), str(user))
         _merge(raw, data)
         locations.update(lines)
         sources.append(user)
+    _check_relations(raw, locations)
+    env = os.environ.get("EMBEDSCOPE_HOME")
+    data_dir = resolve_data_dir(raw["data_dir"])
+    _check_folder(data_dir, f"EMBEDSCOPE_HOME={env}" if env else _at(locations, "data_dir"))
+    if raw["cache_dir"]:
+        _check_folder(Path(raw["cache_dir"]).expanduser(), _at(locations, "cache_dir"))
+    return Config(raw=raw, data_dir=data_dir, sources=sources, locations=locations)
+
+
+def _user_file(path: Path | None, use_user_file: bool) -> Path | None:
+    """The file to read over the defaults, if any; `--config` must name an existing file."""
+    if path is None:
+        user = user_config_path() if use_user_file else None
+        if user is None or not user.exists():
+            return None
+        if user.is_dir():
+            raise ConfigError(f"{user} is a folder, not a config file; remove or rename it")
+        return user
+    if path.is_dir():
+        raise ConfigError(
+            f"--config {path} is a folder; give the config file itself "
+            f"(e.g. {path / 'config.yaml'})"
+        )
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist (given with --config)")
+    return path
+
+
+def _at(locations: Mapping[tuple[str, ...], Location], *key: str) -> str:
+    loc = locations.get(key)
+    return f"{loc}: '{'.'.join(key)}'" if loc else f"'{'.'.join(key)}'"
+
+
+def _check_relations(raw: Mapping[str, Any], locations: Mapping[tuple[str, ...], Location]) -> None:
+    """Checks that involve two keys, reported at the line of the one that is usually wrong."""
     if raw["default_model"] not in raw["models"]:
         raise ConfigError(
             f"{locations.get(('default_model',), 'config')}: default_model "
             f"'{raw['default_model']}' is not a declared model (declared: "
             f"{', '.join(sorted(raw['models']))})"
         )
-    return Config(
-        raw=raw,
-        data_dir=resolve_data_dir(raw["data_dir"]),
-        sources=sources,
-        locations=locations,
-    )
+    tokens, overlap = raw["index"]["chunk_tokens"], raw["index"]["chunk_overlap"]
+    if tokens is not None and overlap > tokens // 2:
+        raise ConfigError(
+            f"{_at(locations, 'index', 'chunk_overlap')} is {overlap}, more than half of "
+            f"index.chunk_tokens ({tokens}, {_at(locations, 'index', 'chunk_tokens')}); "
+            f"use at most {tokens // 2}"
+        )
+
+
+def _check_folder(path: Path, origin: str) -> None:
+    """A data or cache dir must be a folder or creatable as one; else say which setting to fix.
+
+    Only what can be known now is checked (a file in the way); permissions are left to the
+    command, since a read-only data dir is fine for reading."""
+    for candidate in (path, *path.parents):
+        try:
+            if not candidate.exists():
+                continue
+        except OSError:
+            return
+        if candidate.is_dir():
+            return
+        where = "is a file" if candidate == path else f"is inside {candidate}, which is a file"
+        raise ConfigError(
+            f"{origin}: {path} {where}, not a folder; point it at a folder "
+            "(it is created if missing)"
+        )

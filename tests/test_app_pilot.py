@@ -1,20 +1,27 @@
-"""The app driven by keys, over a real corpus, real SQLite, real FAISS and the real MiniLM model."""
+"""The app driven by keys, over a real corpus, real SQLite, real FAISS and the real MiniLM model.
+
+Each test starts from its own empty data dir (conftest's isolated_home): none relies on an index
+another test built."""
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 from textual.pilot import Pilot
-from textual.widgets import Input, Select, Static
+from textual.widget import Widget
+from textual.widgets import DataTable, Input, Select, Sparkline, Static
 
 from tui.app import EmbedscopeApp
 from tui.panes.compare import ComparePane
+from tui.panes.metrics import PLACEHOLDER, MetricsPane
 from tui.panes.search import SearchPane
+from tui.widgets.barchart import BarChart
 
 DOCS = {
     "cooking/sourdough.md": (
@@ -53,18 +60,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return root
-
-
-@pytest.fixture(scope="module")
-def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One data dir for the module: the first test builds the index, later ones reopen it."""
-    return tmp_path_factory.mktemp("appdata")
-
-
-@pytest.fixture
-def app_home(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("EMBEDSCOPE_HOME", str(shared_data))
-    yield shared_data
 
 
 async def wait_for(pilot: Pilot[None], check: Callable[[], bool], timeout: float = 120.0) -> None:
@@ -106,7 +101,7 @@ async def search(pilot: Pilot[None], text: str) -> SearchPane:
 
 
 async def test_first_launch_indexes_then_lands_on_search_and_searches(
-    app_home: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    corpus: Path, tmp_path: Path
 ) -> None:
     app = make_app(corpus, tmp_path)
     async with app.run_test(size=(120, 40), notifications=True) as pilot:
@@ -145,22 +140,28 @@ async def test_first_launch_indexes_then_lands_on_search_and_searches(
 
 
 async def test_second_launch_reuses_the_index_without_model_calls(
-    app_home: Path, corpus: Path, tmp_path: Path
+    corpus: Path, tmp_path: Path
 ) -> None:
+    from tui.messages import IndexFinished
+
+    first = make_app(corpus, tmp_path)
+    async with first.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        assert first.index is not None and first.index.stats().documents == len(DOCS)
     app = make_app(corpus, tmp_path)
     finished = []
     async with app.run_test(size=(120, 40), message_hook=finished.append) as pilot:
         await ready(pilot)
-        from tui.messages import IndexFinished
-
         reports = [m.report for m in finished if isinstance(m, IndexFinished)]
         assert reports and reports[-1].unchanged == len(DOCS)
         assert reports[-1].model_calls == 0 and reports[-1].added == 0
+        # Not even a cache hit: the embedding service saw no request at all.
+        assert app.engine is not None
+        models = app.engine.embeddings.metrics.snapshot()
+        assert sum(m["requests"] for m in models.values()) == 0, models
 
 
-async def test_filter_apply_clear_and_more_like_this(
-    app_home: Path, corpus: Path, tmp_path: Path
-) -> None:
+async def test_filter_apply_clear_and_more_like_this(corpus: Path, tmp_path: Path) -> None:
     app = make_app(corpus, tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
         await ready(pilot)
@@ -190,9 +191,7 @@ async def test_filter_apply_clear_and_more_like_this(
 
 
 @pytest.mark.slow
-async def test_start_and_cancel_an_indexing_run(
-    app_home: Path, corpus: Path, tmp_path: Path
-) -> None:
+async def test_start_and_cancel_an_indexing_run(corpus: Path, tmp_path: Path) -> None:
     """Long files, so the run is still embedding when Esc lands: the engine checks the token
     between files and lets an embedding group in flight finish."""
     big = tmp_path / "big"
@@ -265,8 +264,6 @@ async def test_a_key_remapped_in_config_works_and_help_shows_it(tmp_path: Path) 
         assert mode.value == "vector"
         await pilot.press("f1")
         await pilot.pause()
-        from textual.widgets import DataTable
-
         rows = [
             app.screen.query_one(DataTable).get_row_at(i)
             for i in range(app.screen.query_one(DataTable).row_count)
@@ -283,3 +280,169 @@ async def test_an_unknown_keymap_id_is_reported(tmp_path: Path) -> None:
     async with app.run_test(size=(100, 30), notifications=True):
         messages = [n.message for n in app._notifications]
         assert any("search.moed" in m and "search.mode" in m for m in messages)
+
+
+async def test_export_to_jsonl_and_copy_a_result(corpus: Path, tmp_path: Path) -> None:
+    app = make_app(corpus, tmp_path)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await ready(pilot)
+        pane = await search(pilot, "why does the moon have phases")
+        hits = list(pane.hits)
+        assert hits and hits[0].path == "astronomy/moon.md"
+
+        out = tmp_path / "hits.jsonl"
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        await pilot.press("ctrl+u", *str(out), "enter")
+        await wait_for(pilot, lambda: any("Wrote" in n.message for n in app._notifications))
+        rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        assert [r["doc_key"] for r in rows] == [h.doc_key for h in hits]
+        assert [r["rank"] for r in rows] == list(range(1, len(hits) + 1))
+        first = rows[0]
+        assert first["query"] == "why does the moon have phases"
+        assert (first["path"], first["text"]) == (hits[0].path, hits[0].text)
+        assert first["score"] == pytest.approx(hits[0].score)
+        assert first["metadata"] == json.loads(json.dumps(hits[0].metadata, default=str))
+
+        await pilot.press("ctrl+f", "down")
+        target = pane.selected_hit()
+        assert target is not None
+        await pilot.press("ctrl+y")
+        await wait_for(pilot, lambda: any("Copied" in n.message for n in app._notifications))
+        assert app.clipboard == f"{target.title}\n{target.path}\n\n{target.text}"
+        (note,) = [n.message for n in app._notifications if "Copied" in n.message]
+        assert target.title in note
+
+
+def tui_classes() -> list[type]:
+    """Every class the app's own modules define."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import tui
+
+    found = []
+    for info in pkgutil.walk_packages(tui.__path__, "tui."):
+        module = importlib.import_module(info.name)
+        found += [c for _, c in inspect.getmembers(module, inspect.isclass)]
+    return [c for c in found if c.__module__.startswith("tui.")]
+
+
+async def test_no_default_key_uses_ctrl_a_or_ctrl_b(tmp_path: Path) -> None:
+    """The prefixes of screen and tmux: a binding there never reaches the app."""
+    from textual.binding import Binding
+
+    forbidden = {"ctrl+a", "ctrl+b"}
+    own = [
+        (cls.__name__, b if isinstance(b, Binding) else Binding(*b))
+        for cls in tui_classes()
+        for b in vars(cls).get("BINDINGS", [])
+    ]
+    assert len(own) >= 20
+    for owner, binding in own:
+        assert not set(binding.key.split(",")) & forbidden, (owner, binding)
+
+    # What Textual's own widgets bring along (Input's "home,ctrl+a") stays reachable by its
+    # other key, so the app never needs ctrl+a or ctrl+b.
+    app = EmbedscopeApp(start_engine=False, settings_path=tmp_path / "app.yaml")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f1")
+        await pilot.pause()
+        nodes = [app]
+        for screen in app.screen_stack:
+            nodes += screen.walk_children(with_self=True)
+        assert len(nodes) > 50
+        for node in nodes:
+            keys = node._bindings.key_to_bindings
+            for key in forbidden & set(keys):
+                for binding in keys[key]:
+                    actions = {
+                        b.action for k, bs in keys.items() if k not in forbidden for b in bs
+                    }
+                    assert binding.action in actions, (type(node).__name__, key, binding.action)
+
+
+BARS = "█▏▎▍▌▋▊▉"
+
+
+def screen_text(app: EmbedscopeApp) -> str:
+    """The characters on the terminal now: what a user can read, nothing clipped away."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def visible(pilot: Pilot[None], widget: Widget) -> str:
+    widget.scroll_visible(animate=False, immediate=True)
+    await pilot.pause()
+    return screen_text(pilot.app)
+
+
+def write_beir(folder: Path) -> Path:
+    """DOCS as a BEIR-layout dataset with three judged queries."""
+    (folder / "qrels").mkdir(parents=True)
+    rows = [{"_id": key, "title": "", "text": text} for key, text in DOCS.items()]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    queries = {"q1": "baking bread with a starter", "q2": "why the moon has phases", "q3": "tides"}
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()), "utf-8"
+    )
+    judged = [("q1", "cooking/sourdough.md"), ("q2", "astronomy/moon.md"), ("q3", "ocean/tides.md")]
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in judged), "utf-8"
+    )
+    return folder
+
+
+@pytest.mark.slow
+async def test_metrics_and_saved_runs_show_live_figures_unclipped_at_80x24(
+    corpus: Path, tmp_path: Path
+) -> None:
+    from engine.config import load_config
+    from engine.engine import Engine
+    from engine.evaluation.retrieval import run_retrieval_eval
+
+    dataset = write_beir(tmp_path / "tinybeir")
+    async with Engine(load_config(use_user_file=False)) as engine:
+        saved = await run_retrieval_eval(engine, dataset, ["minilm"])
+    ndcg = saved.models["minilm"]["ndcg@10"]
+
+    app = make_app(corpus, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await search(pilot, "tides and the moon")
+        assert app.engine is not None
+
+        await pilot.press("f5")
+        metrics = app.query_one(MetricsPane)
+
+        def requests_now() -> str:
+            models = app.engine.embeddings.metrics.snapshot()
+            return f"{sum(m['requests'] for m in models.values()):,}"
+
+        await wait_for(pilot, lambda: metrics._shown.get("requests") == requests_now(), 10)
+        await wait_for(pilot, lambda: metrics._shown.get("index_bytes", "—") != "—", 10)
+        assert int(metrics._shown["requests"]) >= 2  # the search's prefix and the whole query
+        for key, text in metrics._shown.items():
+            assert text != PLACEHOLDER, key
+            card = app.query_one(f"#card-{key}", Static)
+            assert text in await visible(pilot, card), (key, text)
+        assert app.query_one("#latency", Sparkline).data
+        chart = app.query_one("#batches", BarChart)
+        shown = await visible(pilot, chart)
+        assert metrics._histogram
+        for size, count in metrics._histogram.items():
+            row = rf"≤{size} .*[{BARS}].* {count:,}(?![\d,])"
+            assert re.search(row, shown), (size, count, shown)
+
+        await pilot.press("f4")
+        compare = app.query_one(ComparePane)
+        await wait_for(pilot, lambda: len(compare.runs) == 1, 10)
+        runs = app.query_one("#runs", DataTable)
+        shown = await visible(pilot, runs)
+        assert compare.runs[0].label in shown and "tinybeir" in shown
+        shown = await visible(pilot, app.query_one("#chart", BarChart))
+        assert "ndcg@10 · tinybeir/test" in shown
+        assert re.search(rf"minilm .*[{BARS}].* {ndcg:.3f}(?!\d)", shown), shown
+        await wait_for(pilot, lambda: any(r.loaded for r in compare.models), 10)
+        shown = await visible(pilot, app.query_one("#models", DataTable))
+        assert re.search(r"minilm\s.*loaded", shown), shown

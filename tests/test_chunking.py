@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -74,15 +73,6 @@ def test_scifact_abstracts_invariants(tokenizer: Tokenizer, scifact_texts: list[
     assert max(overlaps) <= 16 + 2
     assert sum(overlaps) / len(overlaps) >= 5
     assert chunker.chunk_many(scifact_texts[:40]) == [chunker.chunk(t) for t in scifact_texts[:40]]
-
-
-def test_scifact_speed(tokenizer: Tokenizer, scifact_texts: list[str]) -> None:
-    chunker = Chunker(tokenizer, max_tokens=254, overlap_tokens=32)
-    began = time.perf_counter()
-    for text in scifact_texts:
-        chunker.chunk(text)
-    per_second = len(scifact_texts) / (time.perf_counter() - began)
-    assert per_second > 250, f"only {per_second:.0f} abstracts/s"
 
 
 def test_short_and_empty_documents(tokenizer: Tokenizer) -> None:

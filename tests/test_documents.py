@@ -5,11 +5,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pypdf
 import pytest
-from conftest import DATASETS
+from conftest import DATASETS, REPO
 
 from engine.documents import (
     SUPPORTED_SUFFIXES,
@@ -312,23 +316,54 @@ def test_bad_file_reasons(tmp_path: Path) -> None:
     assert reason(empty, tmp_path) == "empty file"
     blank = write(tmp_path / "blank.txt", " \n\t\n")
     assert reason(blank, tmp_path).startswith("empty document")
-    big = write(tmp_path / "big.txt", "x" * 2_000_001)
-    assert reason(big, tmp_path, max_bytes=1_000_000) == (
-        "file is 2.0 MB, over the 1.0 MB limit (documents.max_file_mb)"
+    big = write(tmp_path / "big.txt", "x" * (2 * 1024 * 1024 + 1))
+    assert reason(big, tmp_path, max_bytes=1024 * 1024) == (
+        "file is 2.0 MB, over the 1 MB limit (documents.max_file_mb)"
     )
     assert reason(tmp_path / "missing.txt", tmp_path).startswith("file not found")
     outside = write(tmp_path / "a" / "x.txt", "text")
     assert reason(outside, tmp_path / "b").startswith("not inside the indexed folder")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files regardless of permissions")
-def test_permission_denied(tmp_path: Path) -> None:
-    path = write(tmp_path / "secret.txt", "text")
-    path.chmod(0)
+PERMISSION_PROBE = """
+import json, sys
+from pathlib import Path
+from engine.documents import DocumentError, load_file
+try:
+    load_file(Path(sys.argv[1]), Path(sys.argv[2]))
+except DocumentError as exc:
+    print(json.dumps({"path": exc.path, "reason": exc.reason, "message": str(exc)}))
+"""
+
+
+def test_permission_denied() -> None:
+    """The read runs in a subprocess as an unprivileged user: root reads any file, so a test
+    run as root would otherwise never see the error."""
+    # Not tmp_path: pytest's base temp dir is private to its owner, and the unprivileged user
+    # must reach the folder so that only the file itself is refused.
+    folder = Path(tempfile.mkdtemp(prefix="embedscope-perm-"))
     try:
-        assert reason(path, tmp_path) == "permission denied"
+        folder.chmod(0o755)
+        path = write(folder / "secret.txt", "text")
+        path.chmod(0)
+        command = [sys.executable, "-c", PERMISSION_PROBE, str(path), str(folder)]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        proc = subprocess.run(
+            command,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HOME": str(folder), "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        error = json.loads(proc.stdout)
+        assert error["path"] == str(path)
+        assert error["reason"] == "permission denied"
+        assert error["message"].startswith(f"{path}: ")
     finally:
-        path.chmod(0o644)
+        shutil.rmtree(folder)
 
 
 def test_unknown_suffix_is_read_as_text_and_fingerprint(tmp_path: Path) -> None:

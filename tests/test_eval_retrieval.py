@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import DATASETS
+from reference_eval import beir_ndcg_at_10, read_beir
 
 from engine.cli import run
 from engine.config import load_config
@@ -52,7 +54,10 @@ def _cli(argv: list[str]) -> int:
     return run(parser.parse_args(argv))
 
 
-async def test_cranfield_graded_eval_is_saved_with_all_figures(shared_home: Path) -> None:
+@pytest.mark.slow  # embeds Cranfield twice: through the engine, and independently
+async def test_cranfield_graded_eval_is_saved_with_all_figures(
+    shared_home: Path, st_minilm: Any
+) -> None:
     events: list[EvalProgress] = []
     async with Engine(load_config(use_user_file=False)) as engine:
         saved = await run_retrieval_eval(
@@ -68,6 +73,9 @@ async def test_cranfield_graded_eval_is_saved_with_all_figures(shared_home: Path
     for metric in METRICS:
         assert 0.0 <= fig[metric] <= 1.0, metric
     assert fig["recall@100"] >= fig["recall@10"] > 0.0
+    # Pinned to sentence-transformers + numpy + ir-measures, no project code.
+    reference = beir_ndcg_at_10(st_minilm, read_beir(DATASETS / "cranfield"))
+    assert fig["ndcg@10"] == pytest.approx(reference, abs=1e-4)
     assert 0 < fig["query_p50_ms"] <= fig["query_p95_ms"]
     assert fig["docs_per_s"] > 0 and fig["throughput_basis"] in {"corpus", "sample"}
     assert 80 < fig["memory_mb"] < 95  # 22.7M float32 parameters

@@ -29,6 +29,15 @@ pytestmark = pytest.mark.slow  # the session build embeds ~1,800 chunks on CPU
 QUERIES = ("boundary layer transition at supersonic speeds", "heat transfer", "wing flutter")
 
 
+def service_requests(engine: Engine) -> tuple[int, int]:
+    """Requests and texts the embedding service was asked for, cache hits included."""
+    models = engine.embeddings.metrics.snapshot()
+    return (
+        sum(m["requests"] for m in models.values()),
+        sum(m["texts"] for m in models.values()),
+    )
+
+
 @pytest.fixture
 def cran(tmp_path_factory: pytest.TempPathFactory) -> CranfieldBuild:
     return build_cranfield(tmp_path_factory)
@@ -68,10 +77,10 @@ async def test_every_document_is_findable(cran: CranfieldBuild) -> None:
             hits = await index.search(title, 10, mode="keyword")
             if key not in [h.doc_key for h in hits]:
                 missed_keyword.append(key)
-            # The query text equals the first chunk's text, so its embedding is the stored
-            # vector (served from the cache): the document must come back on top.
-            first = index.store.chunks_by_ids(index.store.chunks_of_document(key)[:1])[0]
-            vhits = await index.search(first.text, 10, mode="vector")
+            # The query text equals the first chunk's embedded text (title and chunk), so its
+            # embedding is the stored vector (served from the cache): the document comes first.
+            first = index.store.chunk_texts(index.store.chunks_of_document(key)[:1])[0]
+            vhits = await index.search(first, 10, mode="vector")
             if key not in [h.doc_key for h in vhits] or vhits[0].score < 0.999:
                 missed_vector.append(key)
         batches = engine.embeddings.metrics.snapshot()["minilm"]["batches"]
@@ -134,7 +143,10 @@ async def test_reindex_is_free_and_edit_and_delete_touch_one_document(
 ) -> None:
     async with Engine(config_for(cran.data_dir)) as engine:
         index = await engine.indexes.open(CRAN_NAME)
+        before = service_requests(engine)
         again = await index.index_path([cran.corpus])
+        # Not even a cache hit: unchanged files never reach the embedding service at all.
+        assert service_requests(engine) == before
     assert again.model_calls == 0
     assert (again.added, again.updated, again.removed) == (0, 0, 0)
     assert again.unchanged == len(cran.rows)
@@ -170,9 +182,11 @@ async def test_reindex_is_free_and_edit_and_delete_touch_one_document(
 
         del rows[99]
         write_jsonl(corpus, rows)
+        before = service_requests(engine)
         deleted = await index.index_path([corpus])
         assert (deleted.removed, deleted.updated, deleted.added) == (1, 0, 0)
         assert deleted.model_calls == 0
+        assert service_requests(engine) == before
         assert index.document(key) is None
         assert_agrees(index)
         for mode in MODES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,5 +132,99 @@ async def test_sigkill_at_random_moments_recovers(
             assert got["chunks"] == expected["chunks"], trial
             assert got["results"] == expected["results"], trial
         batches = engine.embeddings.metrics.snapshot()["minilm"]["batches"]
+    # Only the query texts reach the model; recovery re-embeds chunks from the cache.
+    assert batches <= len(QUERIES)
+
+
+REINDEX_TRIALS = 6
+
+
+def changed_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(edited, deleted): every 5th document rewritten (reversed words, so every chunk is new)
+    and every 7th deleted."""
+    deleted = [r for i, r in enumerate(rows) if i % 7 == 3]
+    edited = [
+        {**r, "text": f"zyx revision {r['_id']}. " + " ".join(reversed(r["text"].split()))}
+        for i, r in enumerate(rows)
+        if i % 5 == 0 and i % 7 != 3
+    ]
+    return edited, deleted
+
+
+def apply_changes(folder: Path, edited: list[dict], deleted: list[dict]) -> None:
+    write_markdown_corpus(folder, edited)
+    for row in deleted:
+        (folder / f"d{int(row['_id']) % 7}" / f"doc-{row['_id']}.md").unlink()
+
+
+async def test_sigkill_during_a_reindex_of_changed_and_deleted_files_recovers(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    cran: CranfieldBuild = build_cranfield(tmp_path_factory)
+    rows = cran.rows[:200]
+    edited, deleted = changed_rows(rows)
+    original = tmp_path / "original"
+    write_markdown_corpus(original, rows)
+    data_dir = tmp_path / "data"
+    copy_cache(cran.data_dir, data_dir)
+
+    # The edited texts are embedded once up front, so every re-index below runs from the cache
+    # at the same pace as the timed reference.
+    warm = tmp_path / "warm"
+    shutil.copytree(original, warm)
+    apply_changes(warm, edited, deleted)
+    assert start_worker(data_dir, "warm", warm).wait(timeout=300) == 0
+
+    names = ["reference", *(f"recrash-{t}" for t in range(REINDEX_TRIALS))]
+    folders = {name: tmp_path / name for name in names}
+    async with Engine(config_for(data_dir)) as engine:
+        for name, folder in folders.items():
+            shutil.copytree(original, folder)
+            index = await engine.indexes.create(name, index_type="flat")
+            report = await index.index_path([folder])
+            assert report.added == len(rows) and report.model_calls == 0
+            before = {row.key: row.content_hash for row in index.store.iter_documents()}
+    for folder in folders.values():
+        apply_changes(folder, edited, deleted)
+
+    reference = start_worker(data_dir, "reference", folders["reference"])
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0
+    _, seconds, model_calls = out.split()
+    assert int(model_calls) == 0, "the warmed cache must cover the edited documents"
+    run_s = float(seconds)
+
+    rng = random.Random(SEED + 1)
+    delays = [run_s * (i + rng.random()) / REINDEX_TRIALS for i in range(REINDEX_TRIALS)]
+    outcomes = []
+    for trial, delay in enumerate(delays):
+        proc = start_worker(data_dir, f"recrash-{trial}", folders[f"recrash-{trial}"])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        outcomes.append(proc.returncode)
+    assert outcomes.count(-signal.SIGKILL) >= REINDEX_TRIALS // 2, f"too few kills: {outcomes}"
+
+    states = []
+    async with Engine(config_for(data_dir)) as engine:
+        expected = await snapshot_of(await engine.indexes.open("reference"))
+        assert len(expected["docs"]) == len(rows) - len(deleted)
+        assert set(expected["docs"]) != set(before)
+        for trial in range(REINDEX_TRIALS):
+            index = await engine.indexes.open(f"recrash-{trial}")
+            assert_agrees(index)
+            found = {row.key: row.content_hash for row in index.store.iter_documents()}
+            states.append(
+                "final" if found == expected["docs"] else "before" if found == before else "partial"
+            )
+            report = await index.index_path([folders[f"recrash-{trial}"]])
+            assert not report.failed
+            assert_agrees(index)
+            got = await snapshot_of(index)
+            assert got["docs"] == expected["docs"], trial
+            assert got["chunks"] == expected["chunks"], trial
+            assert got["results"] == expected["results"], trial
+        batches = engine.embeddings.metrics.snapshot()["minilm"]["batches"]
+    assert states.count("final") <= REINDEX_TRIALS // 2, f"kills landed too late: {states}"
     # Only the query texts reach the model; recovery re-embeds chunks from the cache.
     assert batches <= len(QUERIES)

@@ -58,3 +58,20 @@ async def test_good_files_indexed_bad_files_reported(config: Config, tmp_path: P
         again = await index.index_path([source])
         assert again.added == 1 and again.unchanged == 4
         assert {f.path for f in again.failed} == {"binary.txt", "latin1.txt"}
+
+
+async def test_folder_left_out_keeps_its_documents(config: Config, tmp_path: Path) -> None:
+    """A subfolder that cannot be read this run is reported, not taken for deleted."""
+    source = tmp_path / "corpus"
+    (source / "sub").mkdir(parents=True)
+    (source / "top.md").write_text("Tides follow the moon.", encoding="utf-8")
+    (source / "sub" / "deep.md").write_text("Glaciers carve valleys.", encoding="utf-8")
+    async with Engine(config) as engine:
+        index = await engine.indexes.create("kept")
+        await index.index_path([source])
+        (source / "sub" / ".gitignore").write_text("!\n", encoding="utf-8")
+        report = await index.index_path([source])
+        assert [f.path for f in report.failed] == ["sub/"]
+        assert "folder left out" in report.failed[0].reason
+        assert report.removed == 0
+        assert {row.path for row in index.store.iter_documents()} == {"top.md", "sub/deep.md"}

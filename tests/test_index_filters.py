@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +17,8 @@ from test_index_support import (
     copy_cache,
 )
 
+from engine.config import Config, load_config
 from engine.engine import Engine
-from engine.store.faiss_store import FaissVectorStore
 
 pytestmark = pytest.mark.slow  # shares the cranfield session build
 
@@ -23,11 +26,37 @@ QUERY = "pressure distribution on a cone in hypersonic flow"
 # ~70 of 1,398 documents: selective, yet well over k chunks.
 SELECTIVE = ["num=100..170"]
 TINY = ["num=5..7"]
+Row = dict[str, Any]
+# Each filter with what it means, written against the rows themselves.
+FILTERS: list[tuple[list[str] | str, Callable[[Row], bool]]] = [
+    (SELECTIVE, lambda r: 100 <= r["num"] <= 170),
+    ("bucket=b3", lambda r: r["bucket"] == "b3"),
+    ("bucket=b1,b2 num<=400", lambda r: r["bucket"] in {"b1", "b2"} and r["num"] <= 400),
+]
 
 
 @pytest.fixture
 def cran(tmp_path_factory: pytest.TempPathFactory) -> CranfieldBuild:
     return build_cranfield(tmp_path_factory)
+
+
+def small_ivf_config(tmp_path: Path, data_dir: Path) -> Config:
+    """The configured nlist (~4*sqrt(n)) only trains past ~24k vectors; a small nlist set in a
+    config file makes cranfield's ~1,800 chunks train a real IVF."""
+    path = tmp_path / "ivf.yaml"
+    path.write_text("index:\n  ivf_nlist: 8\n  ivf_nprobe: 2\n", encoding="utf-8")
+    return dataclasses.replace(load_config(path, use_user_file=False), data_dir=data_dir)
+
+
+def matching_chunks(index, rows: list[Row], keep: Callable[[Row], bool]) -> dict[int, str]:
+    """Chunk id -> document key, for the documents whose own fields pass the filter."""
+    keys = [f"cranfield.jsonl#{row['_id']}" for row in rows if keep(row)]
+    return {chunk_id: key for key in keys for chunk_id in index.store.chunks_of_document(key)}
+
+
+def best_documents(ranked_chunks: list[int], owner: dict[int, str], k: int) -> list[str]:
+    """Documents in the order of their best chunk."""
+    return list(dict.fromkeys(owner[c] for c in ranked_chunks))[:k]
 
 
 def exact_ranking(index, qvec: np.ndarray, candidates: np.ndarray, k: int) -> list[int]:
@@ -43,35 +72,43 @@ async def test_filtered_search_returns_exactly_k(
 ) -> None:
     data_dir = tmp_path / "data"
     copy_cache(cran.data_dir, data_dir)
-    async with Engine(config_for(data_dir)) as engine:
+    config = small_ivf_config(tmp_path, data_dir) if index_type == "ivf" else config_for(data_dir)
+    async with Engine(config) as engine:
         index = await engine.indexes.create("f", index_type=index_type)
-        if index_type == "ivf":
-            # The configured nlist (~4*sqrt(n)) only trains past ~24k vectors; a small nlist
-            # makes cranfield's ~1,800 chunks train a real IVF.
-            index.vectors = FaissVectorStore(384, "ivf", ivf_nlist=8, ivf_nprobe=2)
         report = await index.index_path([cran.corpus])
         assert report.model_calls == 0
+        # For ivf: trained, which only the configured nlist of 8 allows at this size.
         assert index.vectors.active_type == index_type
         assert_agrees(index)
         qvec = await engine.embeddings.encode([QUERY])
-        for filters in (SELECTIVE, "bucket=b3", "bucket=b1,b2 num<=400"):
-            candidates = index._candidates(filters)
-            assert candidates is not None and candidates.size > 10
-            expected = exact_ranking(index, qvec, candidates, 10)
+        for filters, keep in FILTERS:
+            owner = matching_chunks(index, cran.rows, keep)
+            candidates = np.array(sorted(owner), dtype=np.int64)
+            assert len(set(owner.values())) > 10
+            ranked = exact_ranking(index, qvec, candidates, candidates.size)
             for limit in (index.vectors.exact_candidate_limit, 0):
                 # 0 pushes the filter into the HNSW/IVF walk instead of exact scoring.
                 index.vectors.exact_candidate_limit = limit
                 for mode in ("vector", "hybrid"):
-                    hits = await index.search(QUERY, 10, filters=filters, mode=mode)
-                    assert len(hits) == 10, (filters, limit, mode)
-                    assert {h.chunk_id for h in hits} <= set(candidates.tolist())
-                vector = await index.search(QUERY, 10, filters=filters, mode="vector")
+                    for per in ("chunk", "document"):
+                        hits = await index.search(QUERY, 10, filters=filters, mode=mode, per=per)
+                        where = (filters, limit, mode, per)
+                        assert len(hits) == 10, where
+                        assert {h.chunk_id for h in hits} <= set(owner), where
+                        assert all(keep(h.metadata) for h in hits), where
+                        if per == "document":
+                            assert len({h.doc_key for h in hits}) == 10, where
                 if limit or index_type == "flat":  # exact scoring; IVF's walk is approximate
-                    assert [h.chunk_id for h in vector] == expected, (filters, limit)
-        tiny = index._candidates(TINY)
-        assert tiny is not None and 0 < tiny.size < 10
-        hits = await index.search(QUERY, 10, filters=TINY, mode="vector")
-        assert sorted(h.chunk_id for h in hits) == sorted(tiny.tolist())
+                    vector = await index.search(
+                        QUERY, 10, filters=filters, mode="vector", per="chunk"
+                    )
+                    assert [h.chunk_id for h in vector] == ranked[:10], (filters, limit)
+                    docs = await index.search(QUERY, 10, filters=filters, mode="vector")
+                    assert [h.doc_key for h in docs] == best_documents(ranked, owner, 10)
+        tiny = matching_chunks(index, cran.rows, lambda r: 5 <= r["num"] <= 7)
+        assert 0 < len(tiny) < 10
+        hits = await index.search(QUERY, 10, filters=TINY, mode="vector", per="chunk")
+        assert sorted(h.chunk_id for h in hits) == sorted(tiny)
         assert {h.metadata["num"] for h in hits} <= {5, 6, 7}
         assert await index.search(QUERY, 10, filters=["num>5000"]) == []
 

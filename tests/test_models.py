@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.config import load_config
+from engine.config import ConfigError, load_config
 from engine.models import ModelError, ModelRegistry
 from engine.models.sources import sha256_file
 
@@ -75,15 +75,26 @@ def test_unknown_model_lists_declared(config) -> None:
 
 
 @pytest.mark.parametrize(
-    ("yaml_text", "message"),
+    ("yaml_text", "error", "message"),
     [
-        ("  r:\n    kind: openai\n    model: m\n", "missing base_url, api_key_env, dimensions"),
-        ("  r:\n    kind: sentence-transformers\n    package: a\n    path: b\n", "exactly one of"),
-        ("  r:\n    kind: onnx\n", "expected one of"),
+        (
+            "  r:\n    kind: openai\n    model: m\n",
+            ModelError,
+            "missing base_url, api_key_env, dimensions",
+        ),
+        (
+            "  r:\n    kind: sentence-transformers\n    package: a\n    path: b\n",
+            ModelError,
+            "exactly one of",
+        ),
+        # The config schema knows the kinds, so the file and line are named.
+        ("  r:\n    kind: onnx\n", ConfigError, r"c\.yaml:3: 'models\.r\.kind' must be one of"),
     ],
 )
-def test_bad_model_declarations(tmp_path: Path, yaml_text: str, message: str) -> None:
-    with pytest.raises(ModelError, match=message):
+def test_bad_model_declarations(
+    tmp_path: Path, yaml_text: str, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
         registry_with(tmp_path, yaml_text)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from conftest import DATASETS, REPO
 
 from engine.config import load_config
 from engine.models import ModelRegistry
-from engine.models.onnx_runtime import MAX_PADDED_TOKENS
+from engine.models.onnx_runtime import MAX_PADDED_TOKENS, MAX_ROW_TOKENS, RECORD, WEIGHTS
 
 
 def scifact_queries(n: int) -> list[str]:
@@ -38,7 +39,9 @@ async def test_short_batches_match_torch_and_long_rows_stay_on_torch(tmp_path: P
     queries = scifact_queries(40)
     singles = np.vstack([await model.encode([q]) for q in queries])
     assert model.info().small_batches.startswith("onnxruntime")
-    assert export_of(tmp_path).stat().st_size > 50_000_000
+    assert (export_of(tmp_path).parent / WEIGHTS).stat().st_size > 50_000_000
+    record = json.loads((export_of(tmp_path).parent / RECORD).read_text())
+    assert record["ok"] and record["probe_min_cosine"] > 0.9999
     expected = st_minilm.encode(queries, normalize_embeddings=True)
     assert float(np.min(np.sum(singles * expected, axis=1))) > 0.99999
     runner = model._runner
@@ -53,31 +56,112 @@ async def test_short_batches_match_torch_and_long_rows_stay_on_torch(tmp_path: P
     await registry.close()
 
 
-async def test_damaged_or_wrong_export_is_made_again(tmp_path: Path) -> None:
-    import onnx
-    from onnx import numpy_helper
+def torch_loaded(model) -> bool:
+    return model.info().extra["torch_load_seconds"] is not None
+
+
+def negate_weights(path: Path) -> None:
+    """Valid floats, wrong values: the graph loads and runs, its vectors are wrong. Size and
+    mtime are put back, so only the checksum can tell."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    start = len(data) // 2 & ~3
+    middle = np.frombuffer(data, dtype=np.float32, count=1 << 18, offset=start)
+    data[start : start + middle.nbytes] = (-middle).tobytes()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+async def test_verified_export_loads_without_torch_and_damage_is_made_again(
+    tmp_path: Path,
+) -> None:
+    first = registry_in(tmp_path)
+    made = first.get("minilm")
+    await made.encode(["the first load makes the export"])
+    assert torch_loaded(made)
+    await first.close()
+    graph = export_of(tmp_path)
+    weights = graph.parent / WEIGHTS
+    good = {p: p.read_bytes() for p in (graph, weights)}
+
+    registry = registry_in(tmp_path)
+    model = registry.get("minilm")
+    await model.encode(["a later load checks checksums, not torch"])
+    assert model.info().small_batches.startswith("onnxruntime")
+    assert not torch_loaded(model)
+    await registry.close()
+
+    for damage in (lambda: negate_weights(weights), lambda: graph.write_bytes(b"not onnx")):
+        damage()
+        assert any(p.read_bytes() != content for p, content in good.items())
+        registry = registry_in(tmp_path)
+        model = registry.get("minilm")
+        await model.encode(["after damage"])
+        assert model.info().small_batches.startswith("onnxruntime")
+        assert torch_loaded(model)
+        assert all(p.read_bytes() == content for p, content in good.items())
+        await registry.close()
+
+
+async def test_failed_check_is_recorded_and_retried_after_an_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.models import onnx_runtime
+
+    monkeypatch.setattr(onnx_runtime, "MIN_PROBE_COSINE", 1.5)
+    registry = registry_in(tmp_path)
+    model = registry.get("minilm")
+    await model.encode(["no cosine reaches 1.5"])
+    assert "differs from torch" in model.info().small_batches
+    await registry.close()
+    (folder,) = (tmp_path / "cache" / "onnx").glob("minilm-*")
+    record_file = folder / RECORD
+    assert not json.loads(record_file.read_text())["ok"]
+    assert not (folder / WEIGHTS).exists()
+
+    # Same versions: the failure stands, and no export is tried again.
+    monkeypatch.undo()
+    stamp = record_file.stat().st_mtime_ns
+    registry = registry_in(tmp_path)
+    model = registry.get("minilm")
+    await model.encode(["straight to torch"])
+    assert "differs from torch" in model.info().small_batches
+    assert record_file.stat().st_mtime_ns == stamp and not (folder / WEIGHTS).exists()
+    await registry.close()
+
+    record = json.loads(record_file.read_text())
+    record["versions"]["onnxruntime"] = "0.0.1"
+    record_file.write_text(json.dumps(record))
+    registry = registry_in(tmp_path)
+    model = registry.get("minilm")
+    await model.encode(["an upgrade earns another try"])
+    assert model.info().small_batches.startswith("onnxruntime")
+    assert json.loads(record_file.read_text())["ok"]
+    await registry.close()
+
+
+async def test_long_batches_run_on_onnx_until_torch_pays(
+    tmp_path: Path, st_minilm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.models import local
 
     first = registry_in(tmp_path)
     await first.get("minilm").load()
     await first.close()
-    target = export_of(tmp_path)
-    good = target.read_bytes()
-
-    # A valid graph whose weights are not the model's: loads, then fails the probe check.
-    graph = onnx.load(str(target))
-    big = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
-    big.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(big), big.name))
-    onnx.save(graph, str(target))
-    # Then a file ONNX Runtime cannot parse at all.
-    for damage in (None, b"not an onnx file"):
-        if damage is not None:
-            target.write_bytes(damage)
-        registry = registry_in(tmp_path)
-        model = registry.get("minilm")
-        await model.load()
-        assert model.info().small_batches.startswith("onnxruntime")
-        assert target.read_bytes() == good
-        await registry.close()
+    registry = registry_in(tmp_path)
+    model = registry.get("minilm")
+    passages = [" ".join(q.split() * 40) for q in scifact_queries(6)]
+    cut = model.truncate(passages).texts
+    assert min(model.truncate(cut).token_counts) > MAX_ROW_TOKENS
+    on_onnx = await model.encode(cut)
+    assert not torch_loaded(model)
+    monkeypatch.setattr(local, "TORCH_AFTER_S", 0.0)
+    on_torch = await model.encode(cut[::-1])
+    assert torch_loaded(model)
+    expected = st_minilm.encode(cut, normalize_embeddings=True)
+    assert float(np.min(np.sum(on_onnx * expected, axis=1))) > 0.99999
+    assert float(np.min(np.sum(on_torch[::-1] * expected, axis=1))) > 0.99999
+    await registry.close()
 
 
 async def test_opt_out_keeps_torch_and_writes_nothing(tmp_path: Path, minilm_dir: Path) -> None:

@@ -5,18 +5,27 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import App, ComposeResult
+from textual.driver import Driver
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState
 
 from tui.commands import PaneCommands
 from tui.keys import APP_BINDINGS, check_keymap
-from tui.messages import EngineReady, FirstPaint, IndexFinished, IndexOpened, ModelReady
+from tui.messages import (
+    EngineReady,
+    FirstPaint,
+    IndexFinished,
+    IndexOpened,
+    ModelReady,
+    TerminalLost,
+)
 from tui.panes.base import Pane
 from tui.panes.compare import ComparePane, ModelRow, load_runs
 from tui.panes.index import IndexPane, default_index_name
@@ -103,6 +112,17 @@ class EmbedscopeApp(App[None]):
         if not problems:
             self.set_keymap(self.settings.keymap)
 
+    def get_driver_class(self) -> type[Driver]:
+        """On POSIX terminals, a driver that ends the app when its terminal closes."""
+        chosen = super().get_driver_class()
+        if sys.platform == "win32":
+            return chosen
+        from textual.drivers.linux_driver import LinuxDriver
+
+        from tui.terminal import TerminalDriver
+
+        return TerminalDriver if chosen is LinuxDriver else chosen
+
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False, icon="◇")
         with TabbedContent(id="panes", initial="search"):
@@ -145,6 +165,12 @@ class EmbedscopeApp(App[None]):
         if self.engine is not None:
             await self.engine.stop()
         gc.unfreeze()
+
+    @on(TerminalLost)
+    def _terminal_lost(self) -> None:
+        """The terminal closed: leave as Ctrl+Q does (a running index is cancelled and keeps
+        what it committed); 129 = 128 + SIGHUP, the status a shell gives a hang-up."""
+        self.exit(return_code=129)
 
     def set_status(self, text: str) -> None:
         """Workers report here; one finishing while the app closes finds no status line."""
@@ -306,7 +332,6 @@ class EmbedscopeApp(App[None]):
         self._loaded_models.update(snapshot)
         rows = []
         for row in compare.models:
-            latency = snapshot.get(row.name, {}).get("request_latency_ms", {}).get("p50")
             model = engine.registry.created(row.name) if row.name in self._loaded_models else None
             if model is not None:
                 info = model.info()
@@ -320,7 +345,7 @@ class EmbedscopeApp(App[None]):
                     f"{info.device} + onnx" if onnx else info.device,
                     info.loaded,
                     info.load_seconds,
-                    latency,
+                    info.query_p50_ms,
                 )
             rows.append(row)
         compare.set_models(rows)

@@ -13,8 +13,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     from tui.app import EmbedscopeApp
 
-    EmbedscopeApp(config_path=args.config, corpus=args.corpus, index_name=args.index_name).run()
-    return 0
+    app = EmbedscopeApp(config_path=args.config, corpus=args.corpus, index_name=args.index_name)
+    app.run()
+    return app.return_code or 0
 
 
 if __name__ == "__main__":

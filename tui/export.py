@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from engine.index import SearchHit
 
-FIELDS = ("rank", "score", "doc_key", "title", "path", "page", "chunk_id", "snippet", "text")
+FIELDS = (
+    "rank", "score", "doc_key", "title", "path", "page", "chunk_id", "matched_chunks", "snippet",
+    "text",
+)  # fmt: skip
 
 
 def hit_record(hit: SearchHit, query: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ SEARCH_BINDINGS = [
     Binding("ctrl+l", "focus_filter", "Filter", id="search.filter"),
     Binding("down", "focus_results", "Results", id="search.results", show=False),
     Binding("ctrl+n", "more_like_this", "More like this", id="search.more"),
+    Binding("ctrl+g", "toggle_per", "Docs/chunks", id="search.per"),
     Binding("ctrl+y", "copy", "Copy", id="search.copy"),
     Binding("ctrl+o", "export", "Export", id="search.export"),
 ]

@@ -16,6 +16,10 @@ class FirstPaint(Message):
     """The first frame is on screen; heavy imports may start now."""
 
 
+class TerminalLost(Message):
+    """The terminal the app runs in is gone; the app leaves as Ctrl+Q does."""
+
+
 class EngineReady(Message):
     """The engine (and faiss) are loaded; the model may still be loading."""
 
@@ -63,6 +67,8 @@ class Query:
     mode: str
     filters: str
     like: str | int | None = None
+    # "document": one row per document (its best chunk); "chunk": one row per chunk.
+    per: str = "document"
 
 
 class ResultsReady(Message):

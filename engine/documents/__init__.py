@@ -8,6 +8,7 @@ from engine.documents.loaders import (
     TYPE_BY_SUFFIX,
     DocumentError,
     LoadedDocument,
+    MetadataLimits,
     file_fingerprint,
     load_file,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Chunker",
     "DocumentError",
     "LoadedDocument",
+    "MetadataLimits",
     "discover",
     "file_fingerprint",
     "load_file",

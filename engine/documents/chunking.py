@@ -89,29 +89,50 @@ class Chunker:
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def head(self, text: str, max_tokens: int) -> tuple[str, int]:
+        """`text` cut after its first `max_tokens` tokens, and its token count."""
+        offsets = self._tokenizer.encode(text, add_special_tokens=False).offsets
+        if len(offsets) <= max_tokens:
+            return text, len(offsets)
+        if max_tokens < 1:
+            return "", 0
+        return text[: offsets[max_tokens - 1][1]].rstrip(), max_tokens
+
     def chunk(self, text: str) -> list[Chunk]:
         return self._chunk_encoded(text, self._tokenizer.encode(text, add_special_tokens=False))
 
-    def chunk_many(self, texts: Sequence[str]) -> list[list[Chunk]]:
-        """Like `chunk` for each text, tokenizing them in one parallel batch (for indexing)."""
+    def chunk_many(
+        self, texts: Sequence[str], reserve: Sequence[int] | None = None
+    ) -> list[list[Chunk]]:
+        """Like `chunk` for each text, tokenizing them in one parallel batch (for indexing).
+
+        `reserve[i]` tokens of every chunk of text i are left free (a title embedded in front of
+        each chunk), at most half of `max_tokens`."""
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        budgets = [
+            self.max_tokens - min(max(r, 0), self.max_tokens // 2)
+            for r in (reserve if reserve is not None else [0] * len(texts))
+        ]
         return [
-            self._chunk_encoded(text, encoding)
-            for text, encoding in zip(texts, encodings, strict=True)
+            self._chunk_encoded(text, encoding, budget)
+            for text, encoding, budget in zip(texts, encodings, budgets, strict=True)
         ]
 
-    def _chunk_encoded(self, text: str, encoding: Encoding) -> list[Chunk]:
-        spans = _spans(text, 0, encoding, self.max_tokens, self.overlap_tokens, self._stable)
+    def _chunk_encoded(
+        self, text: str, encoding: Encoding, budget: int | None = None
+    ) -> list[Chunk]:
+        budget = budget or self.max_tokens
+        spans = _spans(text, 0, encoding, budget, self.overlap_tokens, self._stable)
         unsure = [i for i, (_, _, n) in enumerate(spans) if n is None]
         counts = self._counts([text[spans[i][0] : spans[i][1]] for i in unsure])
         fitted: list[tuple[int, int, int]] = []
         checked = dict(zip(unsure, counts, strict=True))
         for i, (start, end, known) in enumerate(spans):
             n_tokens = checked[i] if known is None else known
-            if n_tokens <= self.max_tokens:
+            if n_tokens <= budget:
                 fitted.append((start, end, n_tokens))
             else:
-                fitted.extend(self._refit(text, start, end, n_tokens))
+                fitted.extend(self._refit(text, start, end, n_tokens, budget))
         return [
             Chunk(ordinal=i, text=text[s:e], start=s, end=e, n_tokens=n)
             for i, (s, e, n) in enumerate(fitted)
@@ -123,20 +144,22 @@ class Chunker:
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [len(enc.ids) for enc in encodings]
 
-    def _refit(self, text: str, start: int, end: int, n_tokens: int) -> list[tuple[int, int, int]]:
+    def _refit(
+        self, text: str, start: int, end: int, n_tokens: int, limit: int
+    ) -> list[tuple[int, int, int]]:
         """Rare path: a cut inside a word re-tokenized longer than its slice; split it tighter."""
         encoding = self._tokenizer.encode(text[start:end], add_special_tokens=False)
-        budget = self.max_tokens
+        budget = limit
         for _ in range(_MAX_REFITS):
-            budget = max(1, budget - (n_tokens - self.max_tokens) - 1)
+            budget = max(1, budget - (n_tokens - limit) - 1)
             spans = _spans(text[:end], start, encoding, budget, self.overlap_tokens, False)
             counts = self._counts([text[s:e] for s, e, _ in spans])
-            if max(counts) <= self.max_tokens:
+            if max(counts) <= limit:
                 return [(s, e, n) for (s, e, _), n in zip(spans, counts, strict=True)]
             n_tokens = max(counts)
         raise ValueError(
             f"cannot split text at characters {start}-{end} into pieces of at most "
-            f"{self.max_tokens} tokens with this tokenizer"
+            f"{limit} tokens with this tokenizer"
         )
 
 

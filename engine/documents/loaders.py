@@ -17,13 +17,18 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
+
+from engine.safeyaml import YamlLimitError, YamlLimits
+from engine.safeyaml import load as load_yaml
 
 TYPE_BY_SUFFIX: dict[str, str] = {
     ".txt": "text",
@@ -39,23 +44,95 @@ TYPE_BY_SUFFIX: dict[str, str] = {
 }
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(TYPE_BY_SUFFIX)
 # Bumped whenever a loader's output changes for the same bytes, so indexes re-read their files.
-LOADER_VERSION = 2
+LOADER_VERSION = 4
 
 _BINARY_PROBE = 8192
-_MB = 1_000_000
+# One unit throughout: documents.max_file_mb is in MB of 1024 * 1024 bytes, and so is every message.
+_MB = 1024 * 1024
 _FILE_FIELDS = ("path", "type", "size", "mtime", "modified", "folder")
 
 
 class DocumentError(ValueError):
-    """A file that cannot be indexed; `reason` is written for the user, not for a traceback."""
+    """A file that cannot be indexed; `reason` is written for the user, not for a traceback.
+
+    `path` is printable even when the file name is not valid UTF-8 (see `display_path`)."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
         super().__init__(path, reason)
-        self.path = str(path)
+        self.path = display_path(path)
         self.reason = reason
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+
+class _Rejected(DocumentError):
+    """One document passed a metadata limit: a row is left out alone, a single document fails."""
+
+
+@dataclass(frozen=True)
+class MetadataLimits:
+    """What one document's metadata may hold, so a small hostile file cannot take the run down.
+
+    Depth counts nested lists and mappings (the metadata mapping itself is level 1); aliases and
+    nodes bound YAML front matter while it is parsed; `max_kb` bounds the stored JSON.
+    """
+
+    max_depth: int = 32
+    max_yaml_aliases: int = 100
+    max_yaml_nodes: int = 10_000
+    max_kb: float = 64
+
+    @classmethod
+    def from_settings(cls, documents: Mapping[str, Any]) -> MetadataLimits:
+        """From the config's `documents:` section."""
+        return cls(
+            max_depth=documents["max_metadata_depth"],
+            max_yaml_aliases=documents["max_yaml_aliases"],
+            max_yaml_nodes=documents["max_yaml_nodes"],
+            max_kb=documents["max_metadata_kb"],
+        )
+
+    @property
+    def yaml(self) -> YamlLimits:
+        return YamlLimits(self.max_depth, self.max_yaml_aliases, self.max_yaml_nodes)
+
+
+_YAML_LIMIT_KEYS = {
+    "max_depth": "documents.max_metadata_depth",
+    "max_aliases": "documents.max_yaml_aliases",
+    "max_nodes": "documents.max_yaml_nodes",
+}
+
+
+def display_path(path: Path | str) -> str:
+    """A path as text that can always be printed and stored: bytes of a file name that are not
+    UTF-8 (kept by Python as lone surrogates) are shown as `\\xNN`."""
+    text = str(path)
+    if is_utf8(text):
+        return text
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def describe_mode(mode: int) -> str:
+    """What a non-regular file is, in words a user recognises."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a special file"
 
 
 @dataclass(slots=True)
@@ -72,6 +149,10 @@ class LoadedDocument:
     mtime: float
     content_hash: str
     pages: list[tuple[int, int]] | None = None
+    # A title from outside the body (front matter, HTML <title>, PDF info, a title field or
+    # column), embedded and keyword-indexed with every chunk; "" when `title` was derived from
+    # the body (already in the text) or the file name (not the author's words).
+    indexed_title: str = ""
 
 
 @dataclass(slots=True)
@@ -90,13 +171,14 @@ class _Row:
     title: str
     text: str
     metadata: dict[str, Any]
+    indexed_title: str = ""
 
 
 def file_fingerprint(path: Path) -> str:
     """sha256 of the raw bytes, so unchanged files can be skipped without parsing them."""
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
+        with _open_regular(path) as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     except OSError as exc:
@@ -104,26 +186,43 @@ def file_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _open_regular(path: Path) -> BinaryIO:
+    """Open for reading only if it is a regular file: a FIFO or device swapped in after discovery
+    would otherwise block the run forever (O_NONBLOCK makes opening a FIFO return at once)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DocumentError(path, f"not a regular file: {describe_mode(mode)}")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def load_file(
     path: Path,
     root: Path,
     *,
-    max_bytes: int = 10_000_000,
+    max_bytes: int = 10 * _MB,
     csv_text_column: str = "text",
     csv_id_column: str = "id",
     csv_title_column: str = "title",
+    limits: MetadataLimits | None = None,
     skipped: list[DocumentError] | None = None,
 ) -> list[LoadedDocument]:
     """Load one file; unknown suffixes (picked up by include globs) are read as plain text.
 
-    Blank rows of jsonl/json/csv files are left out and, when `skipped` is given, reported there
-    with their line, so one empty row never costs the rest of the file.
+    Rows of jsonl/json/csv files that are blank, pass a metadata limit or hold an unclosed CSV
+    quote are left out and, when `skipped` is given, reported there with their line, so one bad
+    row never costs the rest of the file.
 
     Every document (all types, every row) under a subfolder of `root` gets `folder` (its parent
     folder, posix) and, when its own metadata has no non-blank `category`, `category` = the first
     folder of its path (`astronomy/black-holes.md` -> `astronomy`), so a `category=` filter
     covers files that cannot carry metadata. An explicit `category` always wins.
     """
+    limits = limits or MetadataLimits()
     info = _file_info(path, root)
     if info.size == 0:
         raise DocumentError(path, "empty file")
@@ -132,31 +231,40 @@ def load_file(
     data = _read_bytes(path, max_bytes)
     if info.doc_type == "pdf":
         text, title, meta, pages = _parse_pdf(path, data)
-        return [_single(info, title, text, meta, pages)]
+        return [_single(path, info, title or path.stem, text, meta, pages, limits, title)]
     raw = _decode(path, data)
     if info.doc_type == "jsonl":
-        return _rows_to_documents(info, _parse_jsonl(path, raw, skipped))
+        return _rows_to_documents(info, _parse_jsonl(path, raw, limits, skipped))
     if info.doc_type == "json":
-        return _rows_to_documents(info, _parse_json(path, raw, skipped))
+        return _rows_to_documents(info, _parse_json(path, raw, limits, skipped))
     if info.doc_type == "csv":
-        rows = _parse_csv(
-            path, raw, csv_text_column, csv_id_column, csv_title_column, max_bytes, skipped
-        )
+        columns = (csv_text_column, csv_id_column, csv_title_column)
+        rows = _parse_csv(path, raw, columns, max_bytes, limits, skipped)
         return _rows_to_documents(info, rows)
-    parse: Callable[[Path, str], tuple[str, str, dict[str, Any]]] = _TEXT_PARSERS.get(
-        info.doc_type, _parse_text
-    )
-    text, title, meta = parse(path, raw)
-    return [_single(info, title, text, meta, None)]
+    indexed_title = ""
+    if info.doc_type == "markdown":
+        text, title, meta = _parse_markdown(path, raw, limits)
+        front = meta.get("title")
+        indexed_title = front.strip() if isinstance(front, str) else ""
+    elif info.doc_type == "html":
+        text, title, meta, indexed_title = _parse_html(path, raw)
+    else:
+        parse: Callable[[Path, str], tuple[str, str, dict[str, Any]]] = _TEXT_PARSERS.get(
+            info.doc_type, _parse_text
+        )
+        text, title, meta = parse(path, raw)
+    return [_single(path, info, title, text, meta, None, limits, indexed_title)]
 
 
 def _file_info(path: Path, root: Path) -> _FileInfo:
     try:
-        stat = path.stat()
+        info = path.stat()
     except OSError as exc:
         raise DocumentError(path, _os_reason(exc)) from exc
-    if path.is_dir():
+    if stat.S_ISDIR(info.st_mode):
         raise DocumentError(path, "is a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise DocumentError(path, f"not a regular file: {describe_mode(info.st_mode)}")
     abs_path = path.resolve()
     abs_root = root.resolve()
     if abs_root == abs_path or abs_root.is_file():
@@ -166,8 +274,13 @@ def _file_info(path: Path, root: Path) -> _FileInfo:
             rel = abs_path.relative_to(abs_root).as_posix()
         except ValueError:
             raise DocumentError(path, f"not inside the indexed folder {root}") from None
+    if not is_utf8(rel):
+        raise DocumentError(path, NOT_UTF8_NAME)
     doc_type = TYPE_BY_SUFFIX.get(path.suffix.lower(), "text")
-    return _FileInfo(rel, doc_type, stat.st_size, stat.st_mtime)
+    return _FileInfo(rel, doc_type, info.st_size, info.st_mtime)
+
+
+NOT_UTF8_NAME = "file name is not valid UTF-8 (rename the file to index it)"
 
 
 def _os_reason(exc: OSError) -> str:
@@ -181,15 +294,20 @@ def _os_reason(exc: OSError) -> str:
 
 
 def _oversize_reason(size: int, max_bytes: int) -> str:
-    return (
-        f"file is {size / _MB:.1f} MB, over the {max_bytes / _MB:.1f} MB limit "
-        "(documents.max_file_mb)"
-    )
+    """Both figures in the config's unit; the size gets more decimals only where one would
+    round it down to the limit itself ("10.0 MB, over the 10 MB limit")."""
+    limit = f"{round(max_bytes / _MB, 3):g}"
+    shown = f"{size / _MB:.1f}"
+    for decimals in (3, 6):
+        if float(shown) > max_bytes / _MB:
+            break
+        shown = f"{size / _MB:.{decimals}f}"
+    return f"file is {shown} MB, over the {limit} MB limit (documents.max_file_mb)"
 
 
 def _read_bytes(path: Path, max_bytes: int) -> bytes:
     try:
-        with path.open("rb") as handle:
+        with _open_regular(path) as handle:
             data = handle.read(max_bytes + 1)
     except OSError as exc:
         raise DocumentError(path, _os_reason(exc)) from exc
@@ -222,12 +340,16 @@ def _require_text(path: Path, text: str) -> str:
 
 
 def _single(
+    path: Path,
     info: _FileInfo,
     title: str,
     text: str,
     meta: dict[str, Any],
     pages: list[tuple[int, int]] | None,
+    limits: MetadataLimits,
+    indexed_title: str = "",
 ) -> LoadedDocument:
+    _check_metadata_size(path, meta, limits)
     return LoadedDocument(
         key=info.rel,
         path=info.rel,
@@ -237,8 +359,9 @@ def _single(
         metadata=_with_file_fields(meta, info),
         size=info.size,
         mtime=info.mtime,
-        content_hash=_content_hash(title, text, meta),
+        content_hash=_content_hash(title, text, meta, indexed_title),
         pages=pages,
+        indexed_title=indexed_title,
     )
 
 
@@ -253,8 +376,9 @@ def _rows_to_documents(info: _FileInfo, rows: Iterable[_Row]) -> list[LoadedDocu
             metadata=_with_file_fields(row.metadata, info),
             size=info.size,
             mtime=info.mtime,
-            content_hash=_content_hash(row.title, row.text, row.metadata),
+            content_hash=_content_hash(row.title, row.text, row.metadata, row.indexed_title),
             pages=None,
+            indexed_title=row.indexed_title,
         )
         for row in rows
     ]
@@ -282,35 +406,77 @@ def _with_file_fields(meta: Mapping[str, Any], info: _FileInfo) -> dict[str, Any
     return merged
 
 
-def _content_hash(title: str, text: str, meta: Mapping[str, Any]) -> str:
+def _content_hash(title: str, text: str, meta: Mapping[str, Any], indexed_title: str = "") -> str:
     """Hash only what belongs to this document, so editing one row leaves its siblings' hashes.
 
     `meta` is the document's own metadata, before file fields are added. `folder` and a
     folder-derived `category` are left out on purpose: both follow from the path, which is the
     document key, so they can only change together with the key (a new document anyway).
+    `indexed_title` counts only when set: a document without one keeps the hash it had before
+    titles were indexed, so upgrading an index re-embeds titled documents alone.
     """
     own = {k: v for k, v in meta.items() if k not in _FILE_FIELDS}
-    payload = json.dumps(
-        {"title": title, "text": text, "metadata": own}, sort_keys=True, ensure_ascii=False
-    )
+    fields: dict[str, Any] = {"title": title, "text": text, "metadata": own}
+    if indexed_title:
+        fields["indexed_title"] = indexed_title
+    payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _jsonable(value: Any, path: Path, field: str) -> Any:
-    """Make YAML values JSON-safe (dates to ISO) so metadata can be stored and hashed as JSON."""
-    if value is None or isinstance(value, str | bool | int):
+def _metadata(
+    items: Iterable[tuple[Any, Any]], path: Path, limits: MetadataLimits
+) -> dict[str, Any]:
+    """A document's own metadata as JSON-safe values, within `limits.max_depth`."""
+    return {_clean(str(k)): _jsonable(v, path, _clean(str(k)), limits.max_depth) for k, v in items}
+
+
+def _jsonable(value: Any, path: Path, field: str, max_depth: int, depth: int = 1) -> Any:
+    """Make YAML/JSON values JSON-safe (dates to ISO, lone surrogates replaced) so metadata can be
+    stored and hashed as JSON. `depth` counts the lists and mappings around `value`."""
+    if value is None or isinstance(value, bool | int):
         return value
+    if isinstance(value, str):
+        return _clean(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, dt.date | dt.datetime):
         return value.isoformat()
+    if isinstance(value, Mapping | list | tuple | set | frozenset) and depth >= max_depth:
+        raise _Rejected(
+            path,
+            f"metadata field '{field}' is nested deeper than {max_depth} levels "
+            "(documents.max_metadata_depth)",
+        )
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, path, f"{field}.{k}") for k, v in value.items()}
+        return {
+            _clean(str(k)): _jsonable(v, path, f"{field}.{k}", max_depth, depth + 1)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
-        return [_jsonable(v, path, field) for v in value]
+        return [_jsonable(v, path, field, max_depth, depth + 1) for v in value]
     if isinstance(value, set | frozenset):
-        return sorted((_jsonable(v, path, field) for v in value), key=str)
+        items = (_jsonable(v, path, field, max_depth, depth + 1) for v in value)
+        return sorted(items, key=str)
     raise DocumentError(path, f"field '{field}' has unsupported type {type(value).__name__}")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(text: str) -> str:
+    """JSON `\\udcff` and YAML `"\\udcff"` give lone surrogates, which neither UTF-8 nor SQLite
+    can store; each becomes U+FFFD instead of failing the whole file."""
+    return text if is_utf8(text) else _SURROGATE.sub("\ufffd", text)
+
+
+def _check_metadata_size(path: Path, meta: Mapping[str, Any], limits: MetadataLimits) -> None:
+    size = len(json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+    if size > limits.max_kb * 1024:
+        raise _Rejected(
+            path,
+            f"metadata is {size / 1024:.1f} KB, over the {limits.max_kb:g} KB limit "
+            "(documents.max_metadata_kb)",
+        )
 
 
 _DATE_FORMATS = ("%d %B %Y", "%d %b %Y", "%B %d, %Y", "%b %d, %Y", "%Y/%m/%d")
@@ -370,8 +536,10 @@ _FENCE = re.compile(r"^\s{0,3}(```|~~~)")
 _ATX_H1 = re.compile(r"^\s{0,3}#\s+(.+?)\s*#*\s*$")
 
 
-def _parse_markdown(path: Path, raw: str) -> tuple[str, str, dict[str, Any]]:
-    meta, body = _split_front_matter(path, raw)
+def _parse_markdown(
+    path: Path, raw: str, limits: MetadataLimits
+) -> tuple[str, str, dict[str, Any]]:
+    meta, body = _split_front_matter(path, raw, limits)
     text = _require_text(path, body)
     title = meta.get("title")
     if not isinstance(title, str) or not title.strip():
@@ -379,7 +547,7 @@ def _parse_markdown(path: Path, raw: str) -> tuple[str, str, dict[str, Any]]:
     return text, title.strip(), meta
 
 
-def _split_front_matter(path: Path, raw: str) -> tuple[dict[str, Any], str]:
+def _split_front_matter(path: Path, raw: str, limits: MetadataLimits) -> tuple[dict[str, Any], str]:
     lines = raw.split("\n")
     if not lines or lines[0].rstrip() != "---":
         return {}, raw
@@ -391,11 +559,15 @@ def _split_front_matter(path: Path, raw: str) -> tuple[dict[str, Any], str]:
         raise DocumentError(path, "front matter starting on line 1 is never closed with '---'")
     block = "\n".join(lines[1:close])
     try:
-        loaded = yaml.safe_load(block)
+        loaded, _ = load_yaml(block, limits.yaml)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" on line {mark.line + 2}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, YamlLimitError):
+            key = _YAML_LIMIT_KEYS.get(exc.limit)
+            setting = f" ({key})" if key else ""
+            raise DocumentError(path, f"front matter{line}: {problem}{setting}") from None
         raise DocumentError(path, f"invalid YAML front matter{line}: {problem}") from None
     if loaded is None:
         loaded = {}
@@ -404,8 +576,7 @@ def _split_front_matter(path: Path, raw: str) -> tuple[dict[str, Any], str]:
             path,
             f"front matter must be a YAML mapping (key: value lines), got {type(loaded).__name__}",
         )
-    meta = {str(k): _jsonable(v, path, str(k)) for k, v in loaded.items()}
-    return meta, "\n".join(lines[close + 1 :])
+    return _metadata(loaded.items(), path, limits), "\n".join(lines[close + 1 :])
 
 
 def _markdown_heading(text: str) -> str | None:
@@ -527,18 +698,20 @@ _HTML_META: dict[str, str] = {
 }
 
 
-def _parse_html(path: Path, raw: str) -> tuple[str, str, dict[str, Any]]:
+def _parse_html(path: Path, raw: str) -> tuple[str, str, dict[str, Any], str]:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(raw, "html.parser")
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    # <head> is not part of the text, so only <title> is a title from outside the body.
+    known = " ".join(title.split())
     if not title and (h1 := soup.find("h1")):
         title = h1.get_text(" ", strip=True)
     visible = _html_visible_text(soup, drop_chrome=True)
     if not visible.strip():
         visible = _html_visible_text(soup, drop_chrome=False)
     text = _require_text(path, visible)
-    return text, " ".join(title.split()) or path.stem, _html_metadata(soup)
+    return text, " ".join(title.split()) or path.stem, _html_metadata(soup), known
 
 
 def _html_metadata(soup: Any) -> dict[str, Any]:
@@ -656,7 +829,7 @@ def _parse_pdf(path: Path, data: bytes) -> tuple[str, str, dict[str, Any], list[
         meta["tags"] = tags
     if date := _pdf_date(fields.get("created", "")):
         meta["date"] = date
-    return "\n\n".join(parts), fields.get("title") or path.stem, meta, pages
+    return "\n\n".join(parts), fields.get("title", ""), meta, pages
 
 
 def _pdf_info(info: Any) -> dict[str, str]:
@@ -706,13 +879,13 @@ def _pdf_date(raw: str) -> str | None:
 
 
 def _row_from_mapping(
-    path: Path, obj: Mapping[str, Any], where: str, fallback_id: int
+    path: Path, obj: Mapping[str, Any], where: str, fallback_id: int, limits: MetadataLimits
 ) -> _Row | None:
     """BEIR layout: `_id` (or `id`), `title`, `text`; every other field becomes metadata."""
     text = obj.get("text")
     if text is None:
         fields = ", ".join(map(str, obj)) or "none"
-        raise DocumentError(path, f"{where} has no 'text' field (fields: {fields})")
+        raise DocumentError(path, f"{where} has no 'text' field (fields: {_clip(fields)})")
     if not isinstance(text, str):
         raise DocumentError(path, f"{where}: 'text' must be a string, got {type(text).__name__}")
     title = obj.get("title") or ""
@@ -721,17 +894,19 @@ def _row_from_mapping(
     raw_id = obj.get("_id", obj.get("id"))
     if isinstance(raw_id, dict | list | bool) or raw_id == "":
         raise DocumentError(path, f"{where}: id must be a string or number, got {raw_id!r}")
-    row_id = str(fallback_id) if raw_id is None else str(raw_id)
-    meta = {
-        str(k): _jsonable(v, path, str(k))
-        for k, v in obj.items()
-        if k not in ("_id", "id", "title", "text")
-    }
-    return _make_row(path, row_id, title, text, meta, where)
+    row_id = str(fallback_id) if raw_id is None else _clean(str(raw_id))
+    fields = ((k, v) for k, v in obj.items() if k not in ("_id", "id", "title", "text"))
+    meta = _metadata(fields, path, limits)
+    return _make_row(path, row_id, _clean(title), _clean(text), meta, limits)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """Field and column lists go into one-line messages; a broken file can make them huge."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _make_row(
-    path: Path, row_id: str, title: str, text: str, meta: dict[str, Any], where: str
+    path: Path, row_id: str, title: str, text: str, meta: dict[str, Any], limits: MetadataLimits
 ) -> _Row | None:
     """Rows with an empty text but a title (BEIR has some) are indexed by their title; a row
     with neither is None, so one blank row skips itself instead of failing the whole file."""
@@ -739,21 +914,32 @@ def _make_row(
     body = text.strip() or title
     if not body:
         return None
+    _check_metadata_size(path, meta, limits)
+    # A title that became the body is not repeated in front of it (BEIR's `title + " "` too).
+    indexed_title = title if text.strip() else ""
     if not title:
         first_line = body.split("\n", 1)[0]
         title = first_line if len(first_line) <= 80 else first_line[:79].rstrip() + "…"
-    return _Row(row_id, title, body, meta)
+    return _Row(row_id, title, body, meta, indexed_title)
+
+
+# A row as parsed: the row, None for a blank one, or the reason it was left out.
+_Parsed = tuple[_Row | str | None, str]
 
 
 def _check_unique(
-    path: Path, rows: Iterable[tuple[_Row | None, str]], skipped: list[DocumentError] | None
+    path: Path, rows: Iterable[_Parsed], skipped: list[DocumentError] | None
 ) -> list[_Row]:
     seen: dict[str, str] = {}
     out: list[_Row] = []
+    refused: list[str] = []
     for row, where in rows:
-        if row is None:
+        if not isinstance(row, _Row):
+            if row:
+                refused.append(f"{where}: {row}")
             if skipped is not None:
-                skipped.append(DocumentError(path, f"{where}: empty row (no title or text)"))
+                reason = row or "empty row (no title or text)"
+                skipped.append(DocumentError(path, f"{where}: {reason}"))
             continue
         if row.row_id in seen:
             raise DocumentError(
@@ -761,53 +947,80 @@ def _check_unique(
             )
         seen[row.row_id] = where
         out.append(row)
+    if not out and refused:
+        more = f" (and {len(refused) - 1} more rows)" if len(refused) > 1 else ""
+        raise DocumentError(path, f"no row left to index: {refused[0]}{more}")
     if not out:
         raise DocumentError(path, "empty document (no rows)")
     return out
 
 
-def _parse_jsonl(path: Path, raw: str, skipped: list[DocumentError] | None) -> list[_Row]:
-    def rows() -> Iterable[tuple[_Row | None, str]]:
+def _parse_jsonl(
+    path: Path, raw: str, limits: MetadataLimits, skipped: list[DocumentError] | None
+) -> list[_Row]:
+    def rows() -> Iterable[_Parsed]:
         for number, line in enumerate(raw.split("\n"), start=1):
             if not line.strip():
                 continue
             where = f"line {number}"
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DocumentError(
-                    path, f"invalid JSON on line {number}: {exc.msg} (column {exc.colno})"
-                ) from None
+                obj = _json_value(path, line, number)
+            except _Rejected as exc:
+                yield exc.reason, where
+                continue
             if not isinstance(obj, dict):
                 raise DocumentError(
                     path, f"line {number} is not a JSON object (got {type(obj).__name__})"
                 )
-            yield _row_from_mapping(path, obj, where, number), where
+            yield _row_or_reason(path, obj, where, number, limits), where
 
     return _check_unique(path, rows(), skipped)
 
 
-def _parse_json(path: Path, raw: str, skipped: list[DocumentError] | None) -> list[_Row]:
+def _json_value(path: Path, text: str, line: int | None = None) -> Any:
+    """`json.loads` with its non-JSON failures made into reasons: nesting past the interpreter's
+    recursion limit (one row) and integers of more than 4,300 digits (the file). `line` is the
+    line of a jsonl row; a whole JSON file's errors carry their own."""
     try:
-        loaded = json.loads(raw)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DocumentError(
-            path, f"invalid JSON on line {exc.lineno}: {exc.msg} (column {exc.colno})"
+            path, f"invalid JSON on line {line or exc.lineno}: {exc.msg} (column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise _Rejected(path, "JSON nested too deeply to parse") from None
+    except ValueError as exc:
+        where = f" on line {line}" if line else ""
+        raise DocumentError(path, f"invalid JSON{where}: {exc}") from None
+
+
+def _row_or_reason(
+    path: Path, obj: Mapping[str, Any], where: str, fallback_id: int, limits: MetadataLimits
+) -> _Row | str | None:
+    try:
+        return _row_from_mapping(path, obj, where, fallback_id, limits)
+    except _Rejected as exc:
+        return exc.reason
+
+
+def _parse_json(
+    path: Path, raw: str, limits: MetadataLimits, skipped: list[DocumentError] | None
+) -> list[_Row]:
+    loaded = _json_value(path, raw)
     items = [loaded] if isinstance(loaded, dict) else loaded
     if not isinstance(items, list):
         raise DocumentError(
             path, f"JSON must be an object or a list of objects, got {type(loaded).__name__}"
         )
 
-    def rows() -> Iterable[tuple[_Row | None, str]]:
+    def rows() -> Iterable[_Parsed]:
         for number, obj in enumerate(items, start=1):
             where = f"item {number}"
             if not isinstance(obj, dict):
                 raise DocumentError(
                     path, f"{where} is not a JSON object (got {type(obj).__name__})"
                 )
-            yield _row_from_mapping(path, obj, where, number), where
+            yield _row_or_reason(path, obj, where, number, limits), where
 
     return _check_unique(path, rows(), skipped)
 
@@ -815,49 +1028,82 @@ def _parse_json(path: Path, raw: str, skipped: list[DocumentError] | None) -> li
 def _parse_csv(
     path: Path,
     raw: str,
-    text_column: str,
-    id_column: str,
-    title_column: str,
+    columns: tuple[str, str, str],
     max_bytes: int,
+    limits: MetadataLimits,
     skipped: list[DocumentError] | None,
 ) -> list[_Row]:
+    text_column, id_column, title_column = columns
     csv.field_size_limit(max(csv.field_size_limit(), max_bytes))
     reader = csv.DictReader(io.StringIO(raw, newline=""))
     try:
-        columns = reader.fieldnames or []
+        header = reader.fieldnames or []
     except csv.Error as exc:
         raise DocumentError(path, f"invalid CSV header: {exc}") from None
-    if text_column not in columns:
-        listed = ", ".join(columns) or "none"
+    if text_column not in header:
+        listed = _clip(", ".join(header)) or "none"
         raise DocumentError(
             path,
             f"CSV has no {text_column!r} column (columns: {listed}); set documents.csv_text_column",
         )
 
-    def rows() -> Iterable[tuple[_Row | None, str]]:
+    def row(number: int, line: int, record: dict[str, Any]) -> _Parsed:
+        where = f"line {line}"
+        if None in record:
+            raise DocumentError(path, f"{where} has more fields than the header")
+        row_id = (record.get(id_column) or "").strip() or str(number)
+        fields = ((k, v) for k, v in record.items() if k not in columns)
+        try:
+            meta = _metadata(fields, path, limits)
+            title = record.get(title_column) or ""
+            text = record.get(text_column) or ""
+            return _make_row(path, row_id, title, text, meta, limits), where
+        except _Rejected as exc:
+            return exc.reason, where
+
+    def rows() -> Iterable[_Parsed]:
+        # Each record is yielded once the next one starts: only the last can end inside quotes.
+        pending: tuple[int, int, dict[str, Any]] | None = None
+        start = reader.line_num + 1
         try:
             for number, record in enumerate(reader, start=1):
-                where = f"line {reader.line_num}"
-                if None in record:
-                    raise DocumentError(path, f"{where} has more fields than the header")
-                row_id = (record.get(id_column) or "").strip() or str(number)
-                meta = {
-                    k: v
-                    for k, v in record.items()
-                    if k not in (text_column, id_column, title_column)
-                }
-                title = record.get(title_column) or ""
-                text = record.get(text_column) or ""
-                yield _make_row(path, row_id, title, text, meta, where), where
+                if pending is not None:
+                    yield row(*pending)
+                pending = (number, start, record)
+                start = reader.line_num + 1
         except csv.Error as exc:
-            raise DocumentError(path, f"invalid CSV on line {reader.line_num}: {exc}") from None
+            raise DocumentError(path, f"invalid CSV on line {start}: {exc}") from None
+        if pending is None:
+            return
+        first = pending[1]
+        if _ends_inside_quotes(raw, first):
+            yield (
+                f"a quoted field opened on line {first} is never closed, so lines {first}-"
+                f"{reader.line_num} would be one row; close the quote (a quote inside a "
+                'quoted field is written twice: "")',
+                f"line {first}",
+            )
+        else:
+            yield row(*pending)
 
     return _check_unique(path, rows(), skipped)
 
 
+def _ends_inside_quotes(raw: str, first_line: int) -> bool:
+    """Whether the record starting on `first_line` (the last) runs into the end of the file
+    inside a quoted field. Python's lenient CSV reader accepts that silently; the strict one
+    raises "unexpected end of data", but also rejects forms the lenient one reads, so only that
+    error counts."""
+    tail = raw.split("\n", first_line - 1)[-1]
+    try:
+        for _ in csv.reader(io.StringIO(tail, newline=""), strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
+
+
 _TEXT_PARSERS: dict[str, Callable[[Path, str], tuple[str, str, dict[str, Any]]]] = {
     "text": _parse_text,
-    "markdown": _parse_markdown,
     "rst": _parse_rst,
-    "html": _parse_html,
 }

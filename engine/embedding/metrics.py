@@ -5,13 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 WINDOW = 4096
@@ -72,6 +70,12 @@ class Metrics:
         self._models: dict[str, ModelMetrics] = {}
         self._lock = threading.Lock()
         self.started = time.time()
+        # Remote models' own figures (breaker, usage, endpoint latency), read on each snapshot.
+        self._status: dict[str, Callable[[], dict[str, Any] | None]] = {}
+
+    def watch(self, name: str, status: Callable[[], dict[str, Any] | None]) -> None:
+        with self._lock:
+            self._status[name] = status
 
     def model(self, name: str) -> ModelMetrics:
         with self._lock:
@@ -119,9 +123,19 @@ class Metrics:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
-            return {name: m.snapshot() for name, m in self._models.items()}
+            out = {name: m.snapshot() for name, m in self._models.items()}
+            watched = dict(self._status)
+        for name, status in watched.items():
+            remote = status()
+            if remote is not None:
+                out.setdefault(name, ModelMetrics().snapshot())["remote"] = remote
+        return out
 
     def prometheus(self) -> str:
+        # Imported here: prometheus_client (and the http.server it brings) would add ~50 ms to
+        # every cold command, which never exports metrics.
+        from prometheus_client import CollectorRegistry, generate_latest
+
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self))
         return generate_latest(registry).decode()
@@ -132,6 +146,12 @@ class _Collector:
         self._metrics = metrics
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         snap = self._metrics.snapshot()
         counters = {
             "requests": "Embedding requests",
@@ -170,3 +190,57 @@ class _Collector:
             buckets.append(("+Inf", cumulative))
             sizes.add_metric([model], buckets, sum_value=float(m.embedded))
         yield sizes
+        yield from _remote_families(snap)
+
+
+REMOTE_COUNTERS = {
+    "requests": "Requests sent to the remote endpoint (attempts, retries included)",
+    "retries": "Attempts retried after a transient failure",
+    "failed": "Failed attempts",
+    "prompt_tokens": "Prompt tokens the endpoint reported in usage",
+    "cost_usd": "Cost in USD: usage.prompt_tokens x price_per_1m_tokens",
+}
+BREAKER_COUNTERS = {
+    "opened": "Times the circuit breaker opened",
+    "rejected": "Calls refused at once while the breaker was open",
+}
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+def _remote_families(snap: dict[str, dict[str, Any]]) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    remote = {model: m["remote"] for model, m in snap.items() if "remote" in m}
+    if not remote:
+        return
+    for key, doc in REMOTE_COUNTERS.items():
+        family = CounterMetricFamily(f"embedscope_remote_{key}", doc, labels=["model"])
+        for model, r in remote.items():
+            family.add_metric([model], float(r[key]))
+        yield family
+    for key, doc in BREAKER_COUNTERS.items():
+        family = CounterMetricFamily(f"embedscope_breaker_{key}", doc, labels=["model"])
+        for model, r in remote.items():
+            family.add_metric([model], float(r["breaker"][key]))
+        yield family
+    state = GaugeMetricFamily(
+        "embedscope_breaker_state", "1 for the breaker's current state", labels=["model", "state"]
+    )
+    failures = GaugeMetricFamily(
+        "embedscope_breaker_consecutive_failures", "Failed attempts in a row", labels=["model"]
+    )
+    flight = GaugeMetricFamily(
+        "embedscope_remote_in_flight", "Requests in flight now", labels=["model"]
+    )
+    latency = GaugeMetricFamily(
+        "embedscope_remote_latency_ms", "Endpoint latency per request", labels=["model", "q"]
+    )
+    for model, r in remote.items():
+        for name in BREAKER_STATES:
+            state.add_metric([model, name], 1.0 if r["breaker"]["state"] == name else 0.0)
+        failures.add_metric([model], float(r["breaker"]["consecutive_failures"]))
+        flight.add_metric([model], float(r["in_flight"]))
+        for q in ("p50", "p95"):
+            if r["latency_ms"][q] is not None:
+                latency.add_metric([model, q], float(r["latency_ms"][q]))
+    yield from (state, failures, flight, latency)

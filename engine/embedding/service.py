@@ -20,6 +20,7 @@ from engine.config import EmbeddingSettings
 from engine.embedding.batcher import MicroBatcher, OverloadedError
 from engine.embedding.cache import DiskCache, MemoryCache
 from engine.embedding.metrics import Metrics
+from engine.limits import RequestLimits
 from engine.models import EmbeddingModel, ModelRegistry
 
 Source = Literal["l1", "l2", "model"]
@@ -109,10 +110,11 @@ class EmbeddingService:
             def on_batch(size: int, seconds: float, ok: bool, name: str = model.name) -> None:
                 self.metrics.record_batch(name, size, seconds, ok)
 
+            self.metrics.watch(model.name, model.status)
             batcher = MicroBatcher(
                 model.name,
                 model.encode,
-                max_batch_size=s.max_batch_size,
+                max_batch_size=model.preferred_batch_size or s.max_batch_size,
                 max_wait_ms=s.max_wait_ms,
                 max_queue=s.max_queue,
                 on_batch=on_batch,
@@ -124,6 +126,15 @@ class EmbeddingService:
     async def encode(self, texts: Sequence[str], model: str | None = None) -> np.ndarray:
         """(n, dim) float32, L2-normalised, rows in input order."""
         return (await self.encode_detailed(texts, model)).vectors
+
+    async def encode_request(
+        self, texts: Sequence[str], model: str | None = None
+    ) -> EncodeResult:
+        """A caller's request (CLI, app, a server): refused over the `limits` before any text is
+        tokenised. Indexing calls encode_detailed, whose batch sizes the engine chooses."""
+        items = validate_texts(texts)
+        RequestLimits.from_config(self.registry.config).check_texts(items)
+        return await self.encode_detailed(items, model)
 
     async def encode_detailed(
         self, texts: Sequence[str], model: str | None = None, *, use_cache: bool = True
@@ -152,10 +163,13 @@ class EmbeddingService:
                     sources[key] = "l1"
             wanted = list(dict.fromkeys(k for k in keys if k not in found))
             if wanted and self.disk is not None:
+                normalized = mdl.fingerprint.normalized
                 if len(wanted) > INLINE_LIMIT:
-                    hits = await asyncio.to_thread(self.disk.get_many, wanted, dim * 4)
+                    hits = await asyncio.to_thread(
+                        self.disk.get_many, wanted, dim * 4, normalized
+                    )
                 else:
-                    hits = self.disk.get_many(wanted, dim * 4)
+                    hits = self.disk.get_many(wanted, dim * 4, normalized)
                 for key, vec in hits.items():
                     found[key] = vec
                     sources[key] = "l2"
@@ -212,6 +226,7 @@ class EmbeddingService:
                 "l2_entries": len(self.disk) if self.disk else 0,
                 "l2_bytes": self.disk.volume() if self.disk else 0,
                 "l2_errors": self.disk.errors if self.disk else 0,
+                "l2_read_only": self.disk.read_only if self.disk else None,
             },
         }
 

@@ -1,7 +1,8 @@
 """BEIR-layout datasets: `corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`.
 
 Documents are `(title + " " + text).strip()` exactly as BEIR and MTEB build them, so our figures
-compare with the published ones.
+compare with the published ones. The corpus index embeds every chunk through the same function
+(`engine.embed_text`), so a document that is one chunk there gets exactly the vector measured here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from engine.embed_text import embedded_text
 
 
 class DatasetError(ValueError):
@@ -95,7 +98,7 @@ def load_beir(path: Path, split: str = "test", *, limit_queries: int | None = No
     corpus = _read_jsonl(path / "corpus.jsonl", ("_id", "text"))
     doc_ids = [str(row["_id"]) for row in corpus]
     doc_texts = [
-        (str(row.get("title") or "") + " " + str(row["text"] or "")).strip() for row in corpus
+        embedded_text(str(row.get("title") or ""), str(row["text"] or "")) for row in corpus
     ]
     if len(set(doc_ids)) != len(doc_ids):
         raise DatasetError(f"{path / 'corpus.jsonl'}: document ids are not unique")

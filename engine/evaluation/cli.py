@@ -28,6 +28,22 @@ def add_parsers(sub: Any) -> None:
     )
     _common(p)
 
+    p = sub.add_parser(
+        "eval-index", help="score a named index's document search on a BEIR-layout dataset"
+    )
+    p.add_argument("--dataset", type=Path, required=True, help="folder with corpus.jsonl, …")
+    p.add_argument(
+        "--name", "-n", required=True, help="an index built from the dataset's corpus.jsonl"
+    )
+    p.add_argument("--split", default="test", help="qrels/<split>.tsv to evaluate (default test)")
+    p.add_argument(
+        "--limit-queries", type=int, metavar="N", help="evaluate only the first N queries"
+    )
+    p.add_argument(
+        "--modes", default="hybrid,vector,keyword", help="comma-separated search modes"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
     p = sub.add_parser("eval-sts", help="score models on an STS tsv file (Spearman)")
     p.add_argument("--file", type=Path, required=True, help="an sts-*.tsv file")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N pairs")
@@ -132,6 +148,45 @@ async def cmd_eval(args: argparse.Namespace, config: Config) -> int:
         emit_json(summary)
     else:
         _print_table(summary, keys, run)
+    return 0
+
+
+@command("eval-index")
+async def cmd_eval_index(args: argparse.Namespace, config: Config) -> int:
+    from engine.evaluation.beir import load_beir
+    from engine.evaluation.index_eval import INDEX_METRICS, K, evaluate_index
+    from engine.index.search import check_mode
+
+    modes = [check_mode(m.strip()) for m in args.modes.split(",") if m.strip()]
+    dataset = load_beir(args.dataset, args.split, limit_queries=args.limit_queries)
+    progress = _StderrProgress()
+    async with Engine(config) as engine:
+        index = await engine.indexes.open(args.name)
+        figures = await evaluate_index(
+            index,
+            dataset,
+            modes,
+            lambda mode, done, total: progress(EvalProgress(args.name, mode, done, total)),
+        )
+    payload = {
+        "dataset": dataset.name,
+        "split": args.split,
+        "index": args.name,
+        "per": "document",
+        "k": K,
+        "queries": len(dataset.query_ids),
+        "modes": figures,
+    }
+    if args.json:
+        emit_json(payload)
+        return 0
+    heads = [*INDEX_METRICS, "docs/query", "short"]
+    print(f"index '{args.name}' on {dataset.name} ({args.split}), {K} documents per query")
+    print(f"{'mode':<8}  " + "  ".join(f"{h:>10}" for h in heads))
+    for mode, row in figures.items():
+        cells = [f"{row[m]:>10.4f}" for m in INDEX_METRICS]
+        cells += [f"{row['documents_per_query']:>10.2f}", f"{row['queries_short_of_10']:>10}"]
+        print(f"{mode:<8}  " + "  ".join(cells))
     return 0
 
 

@@ -9,7 +9,7 @@ import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -184,7 +184,10 @@ async def measure_model(
     progress: ProgressFn | None = None,
 ) -> dict[str, float | int | str | None]:
     """The operational figures of one model, in the units the comparison table shows."""
+    model = await engine.embeddings.model(name)
+    before = model.status()
     p50, p95 = await query_latency(engine, name, queries, search, progress=progress)
+    after = model.status()
     if embedded.texts_per_s is not None:
         docs_per_s, basis = embedded.texts_per_s, "corpus"
     else:
@@ -192,6 +195,18 @@ async def measure_model(
     param_mb = None if memory.parameter_bytes is None else memory.parameter_bytes / 2**20
     rss_mb = None if memory.rss_growth_bytes is None else memory.rss_growth_bytes / 2**20
     price = price_per_1m_tokens(engine, name)
+    cost, basis = cost_per_1k(query_tokens, price), "tokenizer"
+    api_tokens = api_tokens_per_text(before, after)
+    if api_tokens is not None:
+        # What the endpoint billed for the timed queries, not what our tokenizer expects.
+        cost, basis = api_tokens * 1000.0 * price / 1e6, "api usage"
+    remote = {}
+    if after is not None:
+        remote = {
+            "api_tokens_per_query": api_tokens,
+            "api_prompt_tokens": after["prompt_tokens"],
+            "api_cost_usd": after["cost_usd"],
+        }
     return {
         "query_p50_ms": p50,
         "query_p95_ms": p95,
@@ -200,7 +215,21 @@ async def measure_model(
         "memory_mb": param_mb if param_mb is not None else rss_mb,
         "parameter_mb": param_mb,
         "rss_growth_mb": rss_mb,
-        "cost_per_1k": cost_per_1k(query_tokens, price),
+        "cost_per_1k": cost,
+        "cost_basis": basis,
         "price_per_1m_tokens": price,
         "mean_query_tokens": float(np.mean(query_tokens)) if query_tokens else 0.0,
+        **remote,
     }
+
+
+def api_tokens_per_text(
+    before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> float | None:
+    """Mean usage.prompt_tokens per text the endpoint embedded between two status snapshots."""
+    if before is None or after is None:
+        return None
+    texts = after["texts"] - before["texts"]
+    if texts <= 0:
+        return None
+    return (after["prompt_tokens"] - before["prompt_tokens"]) / texts

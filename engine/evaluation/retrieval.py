@@ -1,7 +1,9 @@
 """Retrieval evaluation as BEIR and MTEB do it: one vector per document, exact inner product.
 
-The chunked corpus index is deliberately not used: the published figures embed each document once,
-truncated at the model window, and search all of them exhaustively.
+Every figure is document-level: a ranking of distinct corpus documents scored against the qrels.
+The chunked corpus index is deliberately not used: the published figures embed each document once
+(`embedded_text`, as the index embeds a one-chunk document), truncated at the model window, and
+search all of them exhaustively. `index_eval` scores an index's own document search the same way.
 """
 
 from __future__ import annotations

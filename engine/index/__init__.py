@@ -8,6 +8,7 @@ from engine.index.corpus import CorpusIndex, IndexStats
 from engine.index.errors import (
     CorpusIndexError,
     IndexCorruptError,
+    IndexLockedError,
     IndexModelMismatchError,
     IndexNotFoundError,
     IndexSourceError,
@@ -15,15 +16,17 @@ from engine.index.errors import (
 )
 from engine.index.manager import IndexManager
 from engine.index.progress import FileFailure, IndexProgress, IndexReport
-from engine.index.search import MODES, SearchHit
+from engine.index.search import MODES, PERS, SearchHit
 
 __all__ = [
     "MODES",
+    "PERS",
     "CancelToken",
     "CorpusIndex",
     "CorpusIndexError",
     "FileFailure",
     "IndexCorruptError",
+    "IndexLockedError",
     "IndexManager",
     "IndexModelMismatchError",
     "IndexNotFoundError",

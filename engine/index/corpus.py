@@ -1,18 +1,26 @@
 """A named, persistent corpus index: SQLite is the source of truth, FAISS holds the vectors.
 
-Crash safety comes from ordering, not locks: a document and its chunks commit to SQLite in one
+Crash safety comes from ordering: a document and its chunks commit to SQLite in one
 transaction, vectors follow, and on every open the two are reconciled (ids only in FAISS are
 removed, ids only in SQLite are re-embedded from the cache). A SIGKILL at any moment therefore
 leaves an index that opens, agrees with itself, and completes on the next run.
+
+Processes share an index as readers and one writer. A reader never writes: its SQLite connection
+is read-only and it reconciles in memory only, so it cannot save an older vector file over the
+writer's. A writer (`writing()`) holds the index's `WriterLock`, first catches up with whatever
+another writer saved since it opened, and alone saves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +33,35 @@ from engine.documents import (
     Chunker,
     DocumentError,
     LoadedDocument,
+    MetadataLimits,
     discover,
     file_fingerprint,
     load_file,
     page_for_offset,
 )
+from engine.embed_text import embedded_text
 from engine.embedding import EmbeddingService
-from engine.fsutil import atomic_write_bytes
+from engine.fsutil import atomic_write_bytes, temp_files
+from engine.index.documents_mode import rank_documents, top_documents, with_matches
 from engine.index.errors import (
+    CorpusIndexError,
     IndexCorruptError,
     IndexModelMismatchError,
     IndexNotFoundError,
     IndexSourceError,
     IndexVersionError,
 )
+from engine.index.lock import WriterLock
 from engine.index.progress import FileFailure, IndexProgress, IndexReport
-from engine.index.search import SearchHit, check_mode, reciprocal_rank_fusion
-from engine.models import EmbeddingModel
+from engine.index.search import (
+    SearchHit,
+    SearchResults,
+    check_mode,
+    check_per,
+    reciprocal_rank_fusion,
+)
+from engine.limits import RequestLimits
+from engine.models import EmbeddingModel, ModelError
 from engine.store import (
     ChunkIn,
     ChunkRow,
@@ -134,10 +154,37 @@ def new_vector_store(config: Config, dim: int, index_type: str) -> Any:
 
 
 def relative_key_path(file: Path, source: Path) -> str:
-    """The `path` a loader gives a file: relative to the indexed folder (or the file's name)."""
+    """The `path` a loader gives a file: relative to the indexed folder (or the file's name).
+
+    A file that resolves outside the folder (a symlink retargeted since discovery) keeps the
+    path it was found at, so the loader can report it instead of the run stopping here.
+    """
     if source.is_file():
         return file.name
-    return file.resolve().relative_to(source.resolve()).as_posix()
+    resolved, root = file.resolve(), source.resolve()
+    if resolved.is_relative_to(root):
+        return resolved.relative_to(root).as_posix()
+    return file.absolute().relative_to(source.absolute()).as_posix()
+
+
+# Manifest entries a new index takes from its model and the config; a run that fails before its
+# first commit must not pin them (see IndexManager.open_or_create).
+PINNED_SETTINGS = ("model", "dimension", "index_type", "chunk_tokens", "chunk_overlap")
+
+
+def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    digest = [m.get("fingerprint", {}).get("digest") for m in (a, b)]
+    return digest[0] == digest[1] and all(a.get(k) == b.get(k) for k in PINNED_SETTINGS)
+
+
+@dataclass(frozen=True)
+class NewIndex:
+    """A new index checked and built in memory (`CorpusIndex.plan`), not yet written."""
+
+    model: EmbeddingModel
+    manifest: dict[str, Any]
+    vectors: Any
+    chunker: Chunker | None
 
 
 @dataclass
@@ -185,6 +232,14 @@ class CorpusIndex:
         self.vectors = vectors
         self._chunker: Chunker | None = None
         self._write_lock = asyncio.Lock()
+        # Held only inside `writing()`; without it nothing is saved.
+        self._writer: WriterLock | None = None
+        # The vectors differ from the vector file (a reader's in-memory reconcile).
+        self._dirty = False
+        self._db_id = _file_id(folder / DATABASE)
+        # Read-only stores replaced when this reader became a writer; searches that started
+        # on them may still be running, so they close with the index.
+        self._retired: list[MetadataStore] = []
 
     @property
     def model_name(self) -> str:
@@ -196,20 +251,28 @@ class CorpusIndex:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    @classmethod
-    async def create(
-        cls,
+    @staticmethod
+    async def plan(
         name: str,
-        folder: Path,
         config: Config,
         service: EmbeddingService,
         model_name: str | None = None,
         index_type: str | None = None,
-    ) -> CorpusIndex:
+    ) -> NewIndex:
+        """Everything a new index pins (model, vector layout, chunking), checked before anything
+        is written, so a bad setting fails here and leaves nothing behind."""
         model = await service.model(model_name)
         index_type = index_type or config.index["type"]
         vectors = await asyncio.to_thread(new_vector_store, config, model.dimension, index_type)
-        folder.mkdir(parents=True, exist_ok=True)
+        chunker = None
+        if model.folder is not None:
+            chunker = await asyncio.to_thread(
+                _new_chunker,
+                model.name,
+                model.folder,
+                config.index["chunk_tokens"],
+                config.index["chunk_overlap"],
+            )
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -225,11 +288,27 @@ class CorpusIndex:
             "created": time.time(),
             "last_indexed": None,
         }
+        return NewIndex(model, manifest, vectors, chunker)
+
+    @classmethod
+    async def create(
+        cls,
+        name: str,
+        folder: Path,
+        config: Config,
+        service: EmbeddingService,
+        plan: NewIndex,
+    ) -> CorpusIndex:
+        """Write a planned index into `folder`; the caller holds the folder's writer lock."""
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = dict(plan.manifest)
         store = await asyncio.to_thread(MetadataStore, folder / DATABASE, name=name)
         store.set_manifest(manifest)
-        await asyncio.to_thread(vectors.save, folder / VECTORS)
+        await asyncio.to_thread(plan.vectors.save, folder / VECTORS)
         write_manifest(folder, manifest)
-        return cls(name, folder, config, service, model, manifest, store, vectors)
+        index = cls(name, folder, config, service, plan.model, manifest, store, plan.vectors)
+        index._chunker = plan.chunker
+        return index
 
     @classmethod
     async def open(
@@ -267,10 +346,79 @@ class CorpusIndex:
         return index
 
     def close(self) -> None:
-        self.store.close()
+        for store in (*self._retired, self.store):
+            store.close()
+        self._retired.clear()
+
+    def replaced(self) -> bool:
+        """True when another process removed or rebuilt this index since it was opened here."""
+        if _file_id(self.folder / DATABASE) != self._db_id:
+            return True
+        try:
+            manifest = read_manifest(self.folder, self.name)
+        except CorpusIndexError:
+            return True
+        return manifest.get("created") != self.manifest.get("created")
+
+    @asynccontextmanager
+    async def writing(
+        self, wait: bool = False, lock: WriterLock | None = None
+    ) -> AsyncIterator[None]:
+        """Be the index's one writer for the block: take its writer lock (fail at once naming
+        the holder, or `wait` for it), then catch up with what other writers saved.
+
+        `lock`: a lock on this folder the caller already holds (repair, restore)."""
+        async with self._write_lock:
+            held = lock or WriterLock(self.folder, self.name)
+            if lock is None:
+                await held.acquire(wait)
+            self._writer = held
+            try:
+                await self._catch_up()
+                yield
+            finally:
+                self._writer = None
+                if lock is None:
+                    held.release()
+
+    async def _catch_up(self) -> None:
+        """Before a write: reload what other writers saved since this object read it, switch
+        to a writable connection, and save what an in-memory reconcile changed."""
+        from engine.store.faiss_store import FaissVectorStore
+
+        if self.replaced():
+            raise CorpusIndexError(
+                f"index '{self.name}' was removed or rebuilt by another process since it was "
+                "opened here; open it again"
+            )
+        manifest = read_manifest(self.folder, self.name)
+        if any(manifest.get(k) != self.manifest.get(k) for k in ("chunk_tokens", "chunk_overlap")):
+            self._chunker = None
+        self.manifest = manifest
+        for stale in temp_files(self.folder):
+            stale.unlink(missing_ok=True)
+        if self.store.readonly:
+            self._retired.append(self.store)
+            # The same file this reader checked on open (`replaced()` said so): no second check.
+            self.store = await asyncio.to_thread(
+                MetadataStore, self.folder / DATABASE, name=self.name, verify=False
+            )
+        # A local store's file may have been saved by another writer; a remote one is shared.
+        local = isinstance(self.vectors, FaissVectorStore)
+        if local and FaissVectorStore.file_digest(self.folder / VECTORS) != self.vectors.digest:
+            self.vectors = await asyncio.to_thread(
+                _open_vectors, self.folder, self.name, self.config, manifest
+            )
+            self._dirty = False
+        await self.reconcile()
+        if self._dirty:
+            await asyncio.to_thread(self._save)
 
     async def reconcile(self) -> tuple[int, int]:
-        """Make FAISS hold exactly SQLite's chunk ids: (vectors added, vectors removed)."""
+        """Make FAISS hold exactly SQLite's chunk ids: (vectors added, vectors removed).
+
+        Only a writer saves the result; a reader keeps it in memory, so it never replaces the
+        vector file that a writer in another process is producing."""
         sql_ids = await asyncio.to_thread(self.store.chunk_ids)
         vec_ids = self.vectors.ids()
         extra = np.setdiff1d(vec_ids, sql_ids)
@@ -283,7 +431,10 @@ class CorpusIndex:
             vecs = await self.service.encode(texts, self.model_name)
             self.vectors.add(batch, vecs)
         if extra.size or missing.size:
-            await asyncio.to_thread(self.vectors.save, self.folder / VECTORS)
+            if self._writer is not None:
+                await asyncio.to_thread(self._save)
+            else:
+                self._dirty = True
         return int(missing.size), int(extra.size)
 
     def _chunker_for(self) -> Chunker:
@@ -307,22 +458,18 @@ class CorpusIndex:
         exclude: Sequence[str] = (),
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        wait: bool = False,
     ) -> IndexReport:
         """Bring the index in line with one folder or file: unchanged files cost no model call,
         changed ones replace their chunks, removed ones leave the index; bad files are reported
-        and skipped."""
+        and skipped. The run is the index's one writer: another writer makes it fail at once
+        with that writer's pid, or with `wait` it waits for it."""
         if len(paths) != 1:
             raise IndexSourceError("index one folder or file at a time")
         source = Path(paths[0]).expanduser().resolve()
-        known = self.manifest.get("source")
-        if known and Path(known) != source:
-            raise IndexSourceError(
-                f"index '{self.name}' covers {known}, not {source}; use another name "
-                f"(`--name NEW`) for a second corpus"
-            )
         if not source.exists():
             raise IndexSourceError(f"{source} does not exist")
-        async with self._write_lock:
+        async with self.writing(wait):
             return await self._index(source, include, exclude, progress, cancel or CancelToken())
 
     async def _index(
@@ -333,12 +480,21 @@ class CorpusIndex:
         progress: ProgressFn | None,
         cancel: CancelToken,
     ) -> IndexReport:
+        """The run itself; the caller is inside `writing()`."""
+        known = self.manifest.get("source")
+        if known and Path(known) != source and self.store.stats()["documents"]:
+            raise IndexSourceError(
+                f"index '{self.name}' covers {known}, not {source}; use another name "
+                f"(`--name NEW`) for a second corpus"
+            )
         started = time.perf_counter()
         report = IndexReport()
         docs_cfg = self.config.documents
         include = list(include) or docs_cfg["include"]
         exclude = list(exclude) or docs_cfg["exclude"]
-        files = await asyncio.to_thread(discover, [source], include, exclude)
+        left_out: list[DocumentError] = []
+        files = await asyncio.to_thread(discover, [source], include, exclude, skipped=left_out)
+        report.failed.extend(FileFailure(e.path, e.reason) for e in left_out)
         by_path: dict[str, dict[str, DocumentRow]] = {}
         for row in await asyncio.to_thread(lambda: list(self.store.iter_documents())):
             by_path.setdefault(row.path, {})[row.key] = row
@@ -371,7 +527,9 @@ class CorpusIndex:
         group_chunks = 0
         in_flight: asyncio.Task[None] | None = None
         last_save = time.monotonic()
-        seen: set[str] = set()
+        # Like files that fail to load, entries left out keep what the index has of them.
+        seen = {e.path for e in left_out}
+        failed = True
 
         async def flush(items: list[_Pending]) -> None:
             nonlocal last_save
@@ -379,7 +537,7 @@ class CorpusIndex:
                 # Not committed, so the next run indexes these documents; nothing is half-done.
                 report.cancelled = True
                 return
-            texts = [c.text for item in items for c in item.chunks]
+            texts = [embedded_text(c.title, c.text) for item in items for c in item.chunks]
             vecs = await self.service.encode(texts, self.model_name) if texts else None
             await asyncio.to_thread(self._commit, items, vecs)
             state["chunks"] += len(texts)
@@ -435,16 +593,24 @@ class CorpusIndex:
                 await flush(group)
             report.cancelled = report.cancelled or cancel.cancelled
             if not report.cancelled:
-                gone = [key for path, rows in by_path.items() if path not in seen for key in rows]
+                # A folder left out (unlistable, say) keeps what the index has of it.
+                kept = tuple(p for p in seen if p.endswith("/"))
+                gone = [
+                    key
+                    for path, rows in by_path.items()
+                    if path not in seen and not path.startswith(kept)
+                    for key in rows
+                ]
                 if gone:
                     emit("removing")
                     await self._delete(gone)
                     report.removed += len(gone)
+            failed = False
         finally:
             if in_flight is not None:
                 in_flight.cancel()
             emit("saving")
-            await asyncio.to_thread(self._save, source, report.cancelled)
+            await asyncio.to_thread(self._save, source, report.cancelled or failed)
         report.model_calls = self._model_batches() - batches_before
         report.seconds = time.perf_counter() - started
         emit("done")
@@ -464,8 +630,8 @@ class CorpusIndex:
         """Runs in a thread: hash, and only if the file changed, load and chunk it."""
         try:
             fingerprint = file_fingerprint(file)
-        except OSError as exc:
-            return _Prepared(rel, [], [], [], "", FileFailure(rel, f"cannot read: {exc}"))
+        except DocumentError as exc:
+            return _Prepared(rel, [], [], [], "", FileFailure(rel, exc.reason))
         if (
             trust_hashes
             and existing
@@ -482,19 +648,26 @@ class CorpusIndex:
                 csv_text_column=docs_cfg["csv_text_column"],
                 csv_id_column=docs_cfg["csv_id_column"],
                 csv_title_column=docs_cfg["csv_title_column"],
+                limits=MetadataLimits.from_settings(docs_cfg),
                 skipped=skipped,
             )
         except DocumentError as exc:
             return _Prepared(rel, [], [], [], fingerprint, FileFailure(rel, exc.reason))
+        except Exception as exc:  # a loader bug must cost one file, not the run
+            reason = f"could not be loaded ({type(exc).__name__}: {exc})"
+            return _Prepared(rel, [], [], [], fingerprint, FileFailure(rel, reason))
         changed = [
             d
             for d in docs
             if d.key not in existing or existing[d.key].content_hash != d.content_hash
         ]
         chunker = self._chunker_for()
-        chunked = chunker.chunk_many([d.text for d in changed])
+        # Every chunk of a titled document is embedded behind its title, so the title's tokens
+        # are held back from each chunk; one longer than half a chunk is cut there.
+        titles = [chunker.head(d.indexed_title, chunker.max_tokens // 2) for d in changed]
+        chunked = chunker.chunk_many([d.text for d in changed], [n for _, n in titles])
         to_embed = []
-        for doc, chunks in zip(changed, chunked, strict=True):
+        for doc, chunks, (title, _) in zip(changed, chunked, titles, strict=True):
             rows = [
                 ChunkIn(
                     ordinal=c.ordinal,
@@ -503,6 +676,7 @@ class CorpusIndex:
                     end=c.end,
                     n_tokens=c.n_tokens,
                     page=page_for_offset(doc.pages, c.start) if doc.pages else None,
+                    title=title,
                 )
                 for c in chunks
                 if c.text.strip()
@@ -536,7 +710,11 @@ class CorpusIndex:
             self.vectors.remove(np.asarray(removed, dtype=np.int64))
 
     def _save(self, source: Path | None = None, cancelled: bool = False) -> None:
+        """Vectors, and with `source` the manifest of a run (`cancelled`: it did not finish)."""
+        if self._writer is None:
+            raise RuntimeError(f"index '{self.name}': saving outside writing() (a bug)")
         self.vectors.save(self.folder / VECTORS)
+        self._dirty = False
         if source is None:
             return
         stats = self.store.stats()
@@ -595,22 +773,40 @@ class CorpusIndex:
         *,
         filters: Sequence[str] | str | None = None,
         mode: str = "hybrid",
-    ) -> list[SearchHit]:
+        per: str = "document",
+    ) -> SearchResults:
+        """The k best documents (`per="document"`: each once, by its best chunk) or chunks."""
         mode = check_mode(mode)
+        per = check_per(per)
+        limits = RequestLimits.from_config(self.config)
+        k = limits.check_k(k)
         if not isinstance(query, str) or not query.strip():
             raise ValueError("the query is empty; type some words to search for")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        limits.check_query(query)
+        limits.check_filters(filters)
         # No filter, no SQLite: skipping the thread hop saves a lone query ~0.5 ms under load.
         candidates = await asyncio.to_thread(self._candidates, filters) if filters else None
         if candidates is not None and candidates.size == 0:
-            return []
+            return SearchResults()
         depth = k if mode != "hybrid" else k * HYBRID_DEPTH
         ranked: list[tuple[int, float]]
         vector_ranking: list[tuple[int, float]] = []
         keyword_ranking: list[tuple[int, float]] = []
+        reason: str | None = None
+        qvec: np.ndarray | None = None
         if mode in ("vector", "hybrid"):
-            qvec = await self.service.encode([query], self.model_name)
+            try:
+                qvec = await self.service.encode([query], self.model_name)
+            except ModelError as exc:
+                # Another model's vectors are incomparable, so keyword results, said as such.
+                reason = f"the query could not be embedded: {exc}"
+                mode = "keyword"
+        if per == "document":
+            hits = await asyncio.to_thread(
+                self._document_hits, mode, k, depth, query, qvec, candidates
+            )
+            return SearchResults(hits, degraded="keyword" if reason else None, reason=reason)
+        if qvec is not None:
             vector_ranking = await asyncio.to_thread(self._vector_search, qvec, depth, candidates)
         if mode in ("keyword", "hybrid"):
             keyword_ranking = await asyncio.to_thread(
@@ -626,13 +822,50 @@ class CorpusIndex:
                 k,
                 self.config.index["rrf_k"],
             )
-        return await asyncio.to_thread(self._hits, ranked[:k], query)
+        hits = await asyncio.to_thread(self._hits, ranked[:k], query)
+        return SearchResults(hits, degraded="keyword" if reason else None, reason=reason)
 
     def _vector_search(
         self, qvec: np.ndarray, k: int, candidates: np.ndarray | None
     ) -> list[tuple[int, float]]:
+        # A k past the index size would only allocate padding: ask FAISS for what exists.
+        k = min(k, self.vectors.count if candidates is None else int(candidates.size))
+        if k < 1:
+            return []
         scores, ids = self.vectors.search(qvec, k, candidates)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1]
+
+    def _document_hits(
+        self,
+        mode: str,
+        k: int,
+        depth: int,
+        query: str,
+        qvec: np.ndarray | None,
+        candidates: np.ndarray | None,
+    ) -> list[SearchHit]:
+        available = self.vectors.count if candidates is None else int(candidates.size)
+        vector = None
+        if qvec is not None:
+            vector = partial(self._vector_search, qvec, candidates=candidates)
+        ranked = rank_documents(
+            self.store,
+            mode,
+            k,
+            depth,
+            query=query,
+            vector=vector,
+            available=available,
+            chunks_per_document=self._chunks_per_document(),
+            candidates=candidates,
+            rrf_k=self.config.index["rrf_k"],
+        )
+        return with_matches(self._hits([(d.chunk_id, d.score) for d in ranked], query), ranked)
+
+    def _chunks_per_document(self) -> float:
+        """From the manifest's counts (as of the last run): only sizes the first fetch."""
+        documents = int(self.manifest.get("documents") or 0)
+        return int(self.manifest.get("chunks") or 0) / max(documents, 1)
 
     def _hits(self, ranked: list[tuple[int, float]], query: str) -> list[SearchHit]:
         rows = {r.id: r for r in self.store.chunks_by_ids([i for i, _ in ranked])}
@@ -660,16 +893,29 @@ class CorpusIndex:
         return hits
 
     async def more_like_this(
-        self, target: str | int, k: int = 10, *, filters: Sequence[str] | str | None = None
+        self,
+        target: str | int,
+        k: int = 10,
+        *,
+        filters: Sequence[str] | str | None = None,
+        per: str = "document",
     ) -> list[SearchHit]:
         """Neighbours of a document (its mean chunk vector) or a chunk, from the stored vectors
-        alone (no model call); the source document itself is left out."""
+        alone (no model call); the source document itself is left out. Per document, each
+        neighbouring document comes once, by its nearest chunk."""
+        per = check_per(per)
+        limits = RequestLimits.from_config(self.config)
+        k = limits.check_k(k)
+        limits.check_filters(filters)
         if isinstance(target, str):
+            limits.check_query(target, "the document key")
             own = await asyncio.to_thread(self.store.chunks_of_document, target)
             if not own:
                 raise KeyError(f"no document '{target}' in index '{self.name}'")
         else:
-            rows = await asyncio.to_thread(self.store.chunks_by_ids, [int(target)])
+            rows = []
+            if 0 <= int(target) < 2**63:  # chunk ids are SQLite integers; no other id exists
+                rows = await asyncio.to_thread(self.store.chunks_by_ids, [int(target)])
             if not rows:
                 raise KeyError(f"no chunk {target} in index '{self.name}'")
             own = await asyncio.to_thread(self.store.chunks_of_document, rows[0].doc_key)
@@ -679,16 +925,32 @@ class CorpusIndex:
         candidates = await asyncio.to_thread(self._candidates, filters)
         own_ids = np.asarray(own, dtype=np.int64)
         query = vec.astype(np.float32)
+        skip = set(own)
         if candidates is not None:
             candidates = np.setdiff1d(candidates, own_ids)
             if candidates.size == 0:
                 return []
-            ranked = await asyncio.to_thread(self._vector_search, query, k, candidates)
-        else:
-            skip = set(own)
-            found = await asyncio.to_thread(self._vector_search, query, k + len(skip), None)
-            ranked = [(i, s) for i, s in found if i not in skip][:k]
-        return await asyncio.to_thread(self._hits, ranked, "")
+
+        def neighbours(depth: int) -> list[tuple[int, float]]:
+            if candidates is not None:
+                return self._vector_search(query, depth, candidates)
+            found = self._vector_search(query, depth + len(skip), None)
+            return [(i, s) for i, s in found if i not in skip][:depth]
+
+        if per == "chunk":
+            ranked = await asyncio.to_thread(neighbours, k)
+            return await asyncio.to_thread(self._hits, ranked, "")
+        available = self.vectors.count - len(skip) if candidates is None else int(candidates.size)
+        docs = await asyncio.to_thread(
+            top_documents,
+            neighbours,
+            self.store.chunk_documents,
+            k,
+            available,
+            self._chunks_per_document(),
+        )
+        hits = await asyncio.to_thread(self._hits, [(d.chunk_id, d.score) for d in docs], "")
+        return with_matches(hits, docs)
 
 
 def _document_in(doc: LoadedDocument, file_hash: str) -> DocumentIn:
@@ -705,6 +967,24 @@ def _document_in(doc: LoadedDocument, file_hash: str) -> DocumentIn:
     )
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _new_chunker(model: str, folder: Path, chunk_tokens: int | None, overlap: int) -> Chunker:
+    try:
+        return Chunker.from_model_dir(folder, max_tokens=chunk_tokens, overlap_tokens=overlap)
+    except ValueError as exc:
+        raise IndexSourceError(
+            f"cannot chunk for model '{model}': {exc}; change index.chunk_tokens or "
+            "index.chunk_overlap in the config (nothing was written)"
+        ) from exc
+
+
 def _open_store(folder: Path, name: str) -> MetadataStore:
     path = folder / DATABASE
     if not path.is_file():
@@ -712,7 +992,7 @@ def _open_store(folder: Path, name: str) -> MetadataStore:
             f"index '{name}': its database {path} is missing; run `embedscope repair {name}`"
         )
     try:
-        return MetadataStore(path, name=name)
+        return MetadataStore(path, name=name, readonly=True)
     except StoreCorruptError as exc:
         raise IndexCorruptError(str(exc)) from exc
     except StoreVersionError as exc:

@@ -25,3 +25,16 @@ class IndexModelMismatchError(CorpusIndexError):
 
 class IndexSourceError(CorpusIndexError):
     pass
+
+
+class IndexLockedError(CorpusIndexError):
+    """Another process (or another task of this one) is writing the index."""
+
+    def __init__(self, name: str, pid: int | None) -> None:
+        self.name = name
+        self.pid = pid
+        holder = f"pid {pid}" if pid else "a process that is starting up"
+        super().__init__(
+            f"index '{name}' is being written by another process ({holder}); wait for it to "
+            "finish, or pass --wait to wait for it"
+        )

@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 Mode = Literal["vector", "keyword", "hybrid"]
 MODES: tuple[Mode, ...] = ("vector", "keyword", "hybrid")
+# What one result is: a document (its best chunk standing for it) or a chunk.
+Per = Literal["document", "chunk"]
+PERS: tuple[Per, ...] = ("document", "chunk")
 
 
 @dataclass
@@ -24,9 +27,36 @@ class SearchHit:
     text: str
     page: int | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Per document: how many of the document's chunks matched (keyword: contain a query term;
+    # vector: ranked among the nearest chunks searched); the chunk shown is the best of them.
+    # Per chunk: 1.
+    matched_chunks: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class SearchResults(list[SearchHit]):
+    """Hits in rank order. When the query model could not embed (a remote endpoint down), the
+    hits are keyword results: `degraded` is "keyword" and `reason` says why; otherwise both are
+    None. A list, so callers that only want the hits need no change."""
+
+    def __init__(
+        self,
+        hits: Sequence[SearchHit] = (),
+        *,
+        degraded: Mode | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(hits)
+        self.degraded = degraded
+        self.reason = reason
+
+
+def check_per(per: str) -> Per:
+    if per not in PERS:
+        raise ValueError(f"unknown result unit {per!r}; choose one of {', '.join(PERS)}")
+    return per  # type: ignore[return-value]
 
 
 def check_mode(mode: str) -> Mode:

@@ -57,6 +57,8 @@ class ModelInfo:
     source: str = ""
     # What runs small batches (queries) if not what runs the rest: "onnxruntime, 2 threads".
     small_batches: str = ""
+    # Median model time of a lone text (a query), loading excluded; None until one has run.
+    query_p50_ms: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,7 +90,8 @@ class EmbeddingModel(ABC):
 
     @abstractmethod
     async def load(self) -> None:
-        """Load weights once, off the event loop; later calls return at once."""
+        """Load all a model may need, once, off the event loop; later calls return at once.
+        `encode` does not need it: it loads what its batch needs on first use."""
 
     @abstractmethod
     async def encode(self, texts: list[str]) -> np.ndarray:
@@ -100,6 +103,14 @@ class EmbeddingModel(ABC):
 
     @abstractmethod
     def info(self) -> ModelInfo: ...
+
+    # Texts per model call when the model knows better than `embedding.max_batch_size` (a remote
+    # model keeps several requests in flight); None takes the setting.
+    preferred_batch_size: int | None = None
+
+    def status(self) -> dict[str, Any] | None:
+        """Health of a remote endpoint (state, breaker, usage, latency); None for local models."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most models hold nothing
         """Release threads and memory; the default holds none."""

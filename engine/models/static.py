@@ -132,6 +132,7 @@ class Model2VecModel(ThreadedModel):
             parameters=params,
             parameter_bytes=param_bytes,
             load_seconds=self._load_seconds,
+            query_p50_ms=self.query_p50_ms(),
             source=self._source,
             extra=distilled_record(self.folder) or {},
         )

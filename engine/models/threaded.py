@@ -7,16 +7,23 @@ threads only contend, and an executor per request (as the design had) costs a sp
 from __future__ import annotations
 
 import asyncio
+import statistics
 import threading
 import time
 from abc import abstractmethod
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from engine.models.base import EmbeddingModel, Fingerprint, Truncated
+
+T = TypeVar("T")
+# Lone-text timings kept for the query median.
+QUERY_WINDOW = 256
 
 
 class ThreadedModel(EmbeddingModel):
@@ -28,9 +35,11 @@ class ThreadedModel(EmbeddingModel):
         self._fingerprint = fingerprint
         self._source = source
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        # What small batches need, loaded on first use (`_ready`); subclasses may load more later.
         self._model: Any = None
+        # Seconds spent loading, every runtime included.
         self._load_seconds: float | None = None
-        self._load_lock = asyncio.Lock()
+        self._query_ms: deque[float] = deque(maxlen=QUERY_WINDOW)
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()
         # Tokens the model adds around every text ([CLS], [SEP]); they count against the window.
@@ -45,25 +54,48 @@ class ThreadedModel(EmbeddingModel):
         return self._model is not None
 
     async def load(self) -> None:
-        async with self._load_lock:
-            if self._model is None:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._executor, self._timed_load)
+        """Everything any batch may need; `encode` alone loads only what its batch needs."""
+        await self._on_thread(self._load_all)
 
-    def _timed_load(self) -> None:
-        started = time.perf_counter()
-        self._model = self._load_sync()
-        self._load_seconds = time.perf_counter() - started
+    def _load_all(self) -> None:
+        self._ready()
+
+    def _ready(self) -> Any:
+        """Load what small batches need, once. Runs on the model thread, whose one worker
+        serialises loads and batches, so no lock is needed."""
+        if self._model is None:
+            started = time.perf_counter()
+            self._model = self._load_sync()
+            self._add_load_time(time.perf_counter() - started)
+        return self._model
+
+    def _add_load_time(self, seconds: float) -> None:
+        self._load_seconds = (self._load_seconds or 0.0) + seconds
 
     @abstractmethod
     def _load_sync(self) -> Any:
-        """Load and return the weights; runs on the model thread."""
+        """Load and return what small batches need; runs on the model thread."""
 
     async def encode(self, texts: list[str]) -> np.ndarray:
-        if self._model is None:
-            await self.load()
+        return await self._on_thread(self._encode_ready, texts)
+
+    def _encode_ready(self, texts: list[str]) -> np.ndarray:
+        self._ready()
+        started = time.perf_counter()
+        vectors = self.encode_sync(texts)
+        if len(texts) == 1:
+            self._query_ms.append((time.perf_counter() - started) * 1000)
+        return vectors
+
+    def query_p50_ms(self) -> float | None:
+        """Median time of a lone text (a query) on the model, loading excluded: what the model
+        costs per query, apart from cache hits, indexing batches and the first load."""
+        samples = list(self._query_ms)
+        return round(statistics.median(samples), 3) if samples else None
+
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.encode_sync, texts)
+        return await loop.run_in_executor(self._executor, fn, *args)
 
     @abstractmethod
     def encode_sync(self, texts: list[str]) -> np.ndarray:

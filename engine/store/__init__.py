@@ -1,9 +1,12 @@
-"""Index storage: the SQLite metadata store (source of truth) and user metadata filters.
+"""Index storage: the SQLite metadata store (source of truth), user metadata filters, and the
+vector-store contract with its factory.
 
-The FAISS vector store lives in ``engine.store.faiss_store`` and is deliberately not imported
-here, so importing this package never loads faiss.
+The backends (``engine.store.faiss_store``, ``engine.store.milvus_store``) are deliberately not
+imported here: ``create_store`` / ``open_store`` load the one asked for, so importing this
+package never loads faiss or pymilvus.
 """
 
+from engine.store.factory import BACKENDS, create_store, open_store, recorded_settings
 from engine.store.filters import (
     FILTER_FORMS,
     Condition,
@@ -25,10 +28,23 @@ from engine.store.metadata import (
     StoreVersionError,
     fts_query,
 )
+from engine.store.vector_base import (
+    ChunkFields,
+    MissingIdsError,
+    VectorStore,
+    VectorStoreCorruptError,
+    VectorStoreError,
+    VectorStoreMissingError,
+    VectorStoreUnavailableError,
+    VectorStoreVersionError,
+    Where,
+)
 
 __all__ = [
+    "BACKENDS",
     "FILTER_FORMS",
     "SCHEMA_VERSION",
+    "ChunkFields",
     "ChunkIn",
     "ChunkRow",
     "Condition",
@@ -37,11 +53,22 @@ __all__ = [
     "Filter",
     "FilterError",
     "MetadataStore",
+    "MissingIdsError",
     "StoreCorruptError",
     "StoreError",
     "StoreVersionError",
+    "VectorStore",
+    "VectorStoreCorruptError",
+    "VectorStoreError",
+    "VectorStoreMissingError",
+    "VectorStoreUnavailableError",
+    "VectorStoreVersionError",
+    "Where",
+    "create_store",
     "fts_query",
+    "open_store",
     "parse_filter",
     "parse_filters",
+    "recorded_settings",
     "split_filter_text",
 ]

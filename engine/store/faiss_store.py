@@ -28,7 +28,7 @@ import math
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -36,10 +36,13 @@ from typing import Any, Final
 import faiss
 import numpy as np
 
-from engine.fsutil import fsync_dir
+from engine.fsutil import atomic_write
 from engine.store.vector_base import (
+    ChunkFields,
+    MissingIdsError,
     VectorStoreCorruptError,
     VectorStoreVersionError,
+    Where,
 )
 
 __all__ = [
@@ -181,9 +184,12 @@ class FaissVectorStore:
         auto_hnsw_threshold: int = 50_000,
         exact_candidate_limit: int = 20_000,
         threads: int | None = None,
+        generation: int = 0,
     ) -> None:
         """``exact_candidate_limit``: filtered searches over at most this many candidates
         are scored exactly (see ``search``). ``threads``: see ``configure_faiss_threads``.
+        ``generation``: the commit generation (see ``VectorStore``); it travels in the saved
+        file's parameters, so a file always carries the generation its vectors belong to.
         """
         _check_positive("dim", dim)
         if index_type not in INDEX_TYPES:
@@ -198,6 +204,7 @@ class FaissVectorStore:
         _check_positive("ivf_nprobe", ivf_nprobe)
         _check_positive("auto_hnsw_threshold", auto_hnsw_threshold, 0)
         _check_positive("exact_candidate_limit", exact_candidate_limit, 0)
+        _check_positive("generation", generation, 0)
         # OpenMP thread counts are per calling thread, and searches run on worker threads:
         # the count is re-applied on every search, not only where the store was built.
         self._threads = configure_faiss_threads(threads)
@@ -211,6 +218,7 @@ class FaissVectorStore:
         self._ivf_nprobe = ivf_nprobe
         self._auto_hnsw_threshold = auto_hnsw_threshold
         self._exact_candidate_limit = exact_candidate_limit
+        self._generation = generation
         self._lock = threading.RLock()
         self._active = "hnsw" if index_type == "hnsw" else "flat"
         self._index: faiss.Index = self._new_index(self._active)
@@ -218,12 +226,33 @@ class FaissVectorStore:
         self._tombstones = np.empty(0, dtype=np.int64)
         self._trained_nlist: int | None = None
         self._trained_on: int | None = None
+        # The checksum of the file this store was last opened from or saved to (None: never).
+        self.digest: bytes | None = None
 
     # ------------------------------------------------------------------ properties
 
     @property
+    def backend(self) -> str:
+        return "faiss"
+
+    @property
+    def pushes_filters(self) -> bool:
+        """False: filters arrive as candidate ids resolved by SQLite."""
+        return False
+
+    @property
     def dim(self) -> int:
         return self._dim
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def set_generation(self, generation: int) -> None:
+        """Kept in memory until the next ``save``, which writes it with the vectors."""
+        _check_positive("generation", generation, 0)
+        with self._lock:
+            self._generation = generation
 
     @property
     def index_type(self) -> str:
@@ -254,8 +283,11 @@ class FaissVectorStore:
 
     # ------------------------------------------------------------------ mutation
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add vectors under new ids; an id already present is an error, not an overwrite."""
+    def add(
+        self, ids: np.ndarray, vectors: np.ndarray, fields: Sequence[ChunkFields] | None = None
+    ) -> None:
+        """Add vectors under new ids; an id already present is an error, not an overwrite.
+        ``fields`` are not kept: SQLite answers filters for this store."""
         new_ids = _as_ids(ids, "add ids")
         vecs = self._check_vectors(vectors, "add vectors")
         if vecs.shape[0] != new_ids.size:
@@ -289,6 +321,36 @@ class FaissVectorStore:
             self._index.add_with_ids(vecs, new_ids)
             self._ids = np.union1d(self._ids, uniq)
             self._maybe_transition()
+
+    def upsert(
+        self, ids: np.ndarray, vectors: np.ndarray, fields: Sequence[ChunkFields] | None = None
+    ) -> None:
+        """Add, replacing the vectors of ids already stored (validated before anything goes)."""
+        new_ids = _as_ids(ids, "upsert ids")
+        self._check_vectors(vectors, "upsert vectors")
+        with self._lock:
+            self.remove(new_ids)
+            self.add(new_ids, vectors)
+
+    def optimize(self) -> None:
+        """Nothing to seal: FAISS indexes every vector as it is added."""
+
+    def clear(self) -> None:
+        with self._lock:
+            self._active = "hnsw" if self._index_type == "hnsw" else "flat"
+            self._index = self._new_index(self._active)
+            self._ids = np.empty(0, dtype=np.int64)
+            self._tombstones = np.empty(0, dtype=np.int64)
+            self._trained_nlist = None
+            self._trained_on = None
+            self._generation = 0
+
+    def close(self) -> None:
+        """Nothing to release: the store is memory plus the file ``save`` writes."""
+
+    def destroy(self) -> None:
+        """Nothing beyond memory: the file lives in the index folder that removal deletes."""
+        self.clear()
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ids (absent ones are ignored); returns how many were removed.
@@ -331,19 +393,35 @@ class FaissVectorStore:
         with self._lock:
             return self._ids.copy()
 
+    def iter_vectors(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Live (ids, vectors) in ascending id batches, each read under the lock."""
+        _check_positive("batch", batch)
+        ids = self.ids()
+        for start in range(0, ids.size, batch):
+            part = ids[start : start + batch]
+            with self._lock:
+                part = self._present(part)
+                vecs = self._reconstruct(part) if part.size else np.empty((0, self._dim), "f4")
+            yield part, vecs
+
     def fetch(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors for ``ids`` as (n, dim) float32, in the order asked."""
         wanted = _as_ids(ids, "fetch ids")
         with self._lock:
             missing = np.setdiff1d(wanted, self._ids)
             if missing.size:
-                raise KeyError(f"ids not in the vector store: {_preview(missing)}")
+                raise MissingIdsError(f"ids not in the vector store: {_preview(missing)}")
             if wanted.size == 0:
                 return np.empty((0, self._dim), dtype=np.float32)
             return self._reconstruct(wanted)
 
     def search(
-        self, queries: np.ndarray, k: int, candidate_ids: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        candidate_ids: np.ndarray | None = None,
+        *,
+        where: Where | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by cosine: (scores, ids), each (nq, k), padded with -inf / -1.
 
@@ -356,6 +434,8 @@ class FaissVectorStore:
         graph walk that mostly hits filtered-out nodes; any row an approximate
         search leaves short is redone exactly the same way.
         """
+        if where is not None:
+            return self._search_where(queries, k, candidate_ids, where)
         q = self._check_vectors(queries, "search queries")
         _check_positive("k", k)
         nq = q.shape[0]
@@ -383,11 +463,17 @@ class FaissVectorStore:
                 return self._pad(
                     np.empty((nq, 0), dtype=np.float32), np.empty((nq, 0), dtype=np.int64), k
                 )
-            scores, found = self._index.search(q, k, params=self._search_params(k, selector))
-            want = min(k, int(pool.size))
+            # FAISS allocates (nq, k) before it looks at the data: never ask past what is stored.
+            fetch = min(k, int(self._index.ntotal))
+            scores, found = self._index.search(
+                q, fetch, params=self._search_params(fetch, selector)
+            )
+            want = min(fetch, int(pool.size))
             short = np.flatnonzero((found != -1).sum(axis=1) < want)
             if short.size:
-                fix_scores, fix_ids = self._pad(*self._exact_search(q[short], k, pool), k)
+                fix_scores, fix_ids = self._pad(
+                    *self._exact_search(q[short], fetch, pool), fetch
+                )
                 scores[short] = fix_scores
                 found[short] = fix_ids
             return self._pad(scores, found, k)
@@ -425,14 +511,11 @@ class FaissVectorStore:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: Path) -> None:
-        """Atomically write the store: temp file, fsync, ``os.replace``, fsync the folder.
+        """Atomically write the store: a unique temp file, fsync, ``os.replace``, fsync the
+        folder (see ``engine.fsutil.atomic_write``).
 
         A crash at any point leaves either the old file or the new one, never a mix.
         """
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        if tmp == path:
-            raise ValueError(f"save: {path} ends in .tmp, which is reserved for the temp file")
         with self._lock:
             payload = faiss.serialize_index(self._index)
             tombs = self._tombstones.astype("<i8").tobytes()
@@ -460,17 +543,23 @@ class FaissVectorStore:
                 payload.nbytes,
                 digest.digest(),
             )
-            try:
-                with open(tmp, "wb") as fh:
-                    for part in (header, meta, tombs, memoryview(payload)):
-                        fh.write(part)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-        fsync_dir(path.parent)
+            with atomic_write(Path(path)) as fh:
+                for part in (header, meta, tombs, memoryview(payload)):
+                    fh.write(part)
+            self.digest = digest.digest()
+
+    @staticmethod
+    def file_digest(path: Path) -> bytes | None:
+        """The sha256 a saved file's header records, read without loading the file: tells
+        whether the file changed since this store was opened or saved (see ``digest``)."""
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(_HEADER.size)
+        except FileNotFoundError:
+            return None
+        if len(head) < _HEADER.size or head[:4] != MAGIC:
+            return None
+        return _HEADER.unpack(head)[-1]
 
     @classmethod
     def open(
@@ -526,9 +615,40 @@ class FaissVectorStore:
         store._install(index, active, tombstones, trained_nlist, trained_on, corrupt)
         if store.count != count:
             raise corrupt(f"header says {count} vectors but the index holds {store.count}")
+        store.digest = digest
         return store
 
     # ------------------------------------------------------------------ internals
+
+    def _search_where(
+        self, queries: np.ndarray, k: int, candidate_ids: np.ndarray | None, where: Where
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``search`` with a ``Where``: its filter becomes candidate ids (SQLite), and excluded
+        ids are dropped from the candidates, or over-fetched past when every id is a candidate."""
+        if candidate_ids is not None:
+            raise ValueError("search: pass candidate ids or a Where, not both")
+        _check_positive("k", k)
+        pool = where.candidate_ids()
+        if pool is not None:
+            pool = np.setdiff1d(pool, where.exclude, assume_unique=True)
+            if pool.size == 0:
+                q = self._check_vectors(queries, "search queries")
+                return self._pad(
+                    np.empty((q.shape[0], 0), "f4"), np.empty((q.shape[0], 0), np.int64), k
+                )
+            return self.search(queries, k, pool)
+        if where.exclude.size == 0:
+            return self.search(queries, k)
+        scores, found = self.search(queries, k + int(where.exclude.size))
+        keep = ~np.isin(found, where.exclude)
+        out_s = np.full((found.shape[0], k), -np.inf, dtype=np.float32)
+        out_i = np.full((found.shape[0], k), -1, dtype=np.int64)
+        for row in range(found.shape[0]):
+            kept = found[row][keep[row]][:k]
+            out_i[row, : kept.size] = kept
+            out_s[row, : kept.size] = scores[row][keep[row]][:k]
+        out_s[out_i == -1] = -np.inf
+        return out_s, out_i
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -539,6 +659,7 @@ class FaissVectorStore:
             "ivf_nprobe": self._ivf_nprobe,
             "auto_hnsw_threshold": self._auto_hnsw_threshold,
             "exact_candidate_limit": self._exact_candidate_limit,
+            "generation": self._generation,
         }
 
     def _check_vectors(self, vectors: object, what: str) -> np.ndarray:

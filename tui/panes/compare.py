@@ -40,7 +40,10 @@ class ModelRow:
     dimension: int | None
     device: str
     loaded: bool = False
+    # Time spent loading the model (every runtime it loaded), shown apart from query time.
     load_seconds: float | None = None
+    # Median model time of a lone query, loading excluded (ModelInfo.query_p50_ms); None, shown
+    # as "—", until a query has been measured.
     latency_p50_ms: float | None = None
 
 
@@ -111,6 +114,7 @@ class ComparePane(Pane):
     def __init__(self) -> None:
         super().__init__(id="compare-pane")
         self.models: list[ModelRow] = []
+        self._cells: dict[str, dict[str, str]] = {}
         self.runs: list[RunView] = []
         self._figure = 0
 
@@ -160,6 +164,7 @@ class ComparePane(Pane):
                 "device": r.device,
                 "load": "—" if frozen or r.load_seconds is None else f"{r.load_seconds:.2f}",
                 "latency": "—" if frozen or r.latency_p50_ms is None else f"{r.latency_p50_ms:.1f}",
+                **(self._remote_cells(r.name) if r.kind == "openai" and r.available else {}),
             }
             for r in rows
         }
@@ -168,12 +173,30 @@ class ComparePane(Pane):
             for name, row in cells.items():
                 table.add_row(*row.values(), key=name)
         else:
-            old = {r.name: r for r in self.models}
-            for r in rows:
-                if r != old[r.name]:
-                    for key, value in cells[r.name].items():
-                        table.update_cell(r.name, key, value, update_width=True)
+            for name, row in cells.items():
+                for key, value in row.items():
+                    if self._cells.get(name, {}).get(key) != value:
+                        table.update_cell(name, key, value, update_width=True)
         self.models = rows
+        self._cells = cells
+
+    def _remote_cells(self, name: str) -> dict[str, str]:
+        """A remote model's endpoint, its live state (reachable, failing, breaker open) and the
+        endpoint's own latency, read from the model the engine holds."""
+        engine = self.embedscope.engine
+        if engine is None:
+            return {"device": "remote"}
+        model = engine.registry.created(name)
+        status = model.status() if model is not None else None
+        if status is None:
+            host = engine.registry.check(name).extra.get("endpoint", "")
+            return {"status": "not contacted", "device": f"remote {host}"}
+        p50 = status["latency_ms"]["p50"]
+        return {
+            "status": status["state"],
+            "device": f"remote {status['endpoint']}",
+            "latency": "—" if self.embedscope.frozen or p50 is None else f"{p50:.1f}",
+        }
 
     def set_runs(self, runs: list[RunView] | None) -> None:
         state = self.query_one("#runs-state", Static)
@@ -237,12 +260,20 @@ class ComparePane(Pane):
         if engine is None:
             self.app.notify("The engine is still starting.", severity="warning")
             return
-        loaded = [r.name for r in self.models if r.loaded]
+        remote = [r.name for r in self.models if r.kind == "openai" and r.available]
+        for name in remote:
+            model = await engine.registry.aget(name)
+            if hasattr(model, "probe"):
+                await model.probe()
+        loaded = [r.name for r in self.models if r.loaded and r.name not in remote]
         for name in loaded:
             for probe in PROBES:
                 await engine.embeddings.encode([f"{probe} {time.time_ns()}"], model=name)
                 await asyncio.sleep(0)
-        skipped = [r.name for r in self.models if r.available and not r.loaded]
+        skipped = [
+            r.name for r in self.models if r.available and not r.loaded and r.name not in remote
+        ]
         note = f"; not loaded (skipped): {', '.join(skipped)}" if skipped else ""
-        self.app.notify(f"Measured {', '.join(loaded) or 'no models'}{note}.")
+        measured = [*loaded, *remote]
+        self.app.notify(f"Measured {', '.join(measured) or 'no models'}{note}.")
         self.embedscope.refresh_models()

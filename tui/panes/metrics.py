@@ -86,6 +86,24 @@ def summarise(snapshot: dict[str, Any]) -> tuple[dict[str, str], list[float], di
     return cards, timeline, histogram
 
 
+def remote_lines(snapshot: dict[str, Any]) -> str:
+    """One line per remote model: endpoint state, breaker, endpoint latency, usage and cost."""
+    lines = []
+    for name, m in snapshot.get("models", {}).items():
+        r = m.get("remote")
+        if not r:
+            continue
+        b = r["breaker"]
+        p50 = r["latency_ms"]["p50"]
+        lines.append(
+            f"{name} → {r['endpoint']}: {r['state']} · breaker {b['state']} "
+            f"({b['consecutive_failures']} failures in a row, opened {b['opened']}×, "
+            f"{b['rejected']} refused) · API p50 {_ms(p50)} · {r['requests']:,} requests, "
+            f"{r['retries']:,} retries · {r['prompt_tokens']:,} tokens, ${r['cost_usd']:.4f}"
+        )
+    return "\n".join(lines)
+
+
 class MetricsPane(Pane):
     title = "Metrics"
     BINDINGS = METRICS_BINDINGS
@@ -108,9 +126,11 @@ class MetricsPane(Pane):
         yield Sparkline([], id="latency")
         yield BarChart(id="batches")
         yield Static("", id="metrics-state")
+        yield Static("", id="remote-state", markup=False)
 
     def on_mount(self) -> None:
         self.query_one("#batches", BarChart).set_data("Batch sizes (batches per bucket)", [])
+        self.query_one("#remote-state", Static).display = False
         if not self.embedscope.frozen:
             self.set_interval(1.0, self.refresh_figures)
 
@@ -133,11 +153,21 @@ class MetricsPane(Pane):
         engine = self.embedscope.engine
         if engine is None:
             return
-        cards, timeline, histogram = summarise(engine.embeddings.snapshot())
+        snapshot = engine.embeddings.snapshot()
+        cards, timeline, histogram = summarise(snapshot)
         index = self.embedscope.index
         cards["index_bytes"] = human_bytes(index.stats().bytes_on_disk) if index else PLACEHOLDER
         cards["rss"] = human_bytes(rss_bytes())
         self.app.call_from_thread(self._show_figures, cards, timeline, histogram)
+        self.app.call_from_thread(self._show_remote, remote_lines(snapshot))
+
+    def _show_remote(self, text: str) -> None:
+        """Hidden while no remote model has been used, so local-only layouts stay as they were."""
+        if self._shown.get("remote", "") != text:
+            widget = self.query_one("#remote-state", Static)
+            widget.update(text)
+            widget.display = bool(text)
+            self._shown["remote"] = text
 
     def _show_figures(
         self, cards: dict[str, str], timeline: list[float], histogram: dict[str, int]

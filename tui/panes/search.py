@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.cells import cell_len
+from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -31,6 +33,8 @@ TOP_K = 20
 CONTEXT_CHUNKS = 1
 RANK_WIDTH = 3
 SCORE_WIDTH = 6
+# How many of a document's chunks matched (per document; blank per chunk).
+MATCHED_WIDTH = 6
 MIN_WIDTH = 8
 TITLE_SHARE = 0.4
 PATH_SHARE = 0.2
@@ -72,6 +76,7 @@ class SearchPane(Pane):
         self._like: Query | None = None
         self._shown: Query | None = None
         self._widths: tuple[int, int, int] | None = None
+        self._per = "document"
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="search-bar"):
@@ -100,7 +105,7 @@ class SearchPane(Pane):
 
     def _column_widths(self) -> tuple[int, int, int]:
         table = self.query_one("#results", DataTable)
-        fixed = RANK_WIDTH + SCORE_WIDTH + 5 * 2 * table.cell_padding
+        fixed = RANK_WIDTH + SCORE_WIDTH + MATCHED_WIDTH + 6 * 2 * table.cell_padding
         space = table.size.width - table.styles.scrollbar_size_vertical - fixed
         return result_widths(space, [h.title for h in self.hits], [h.path for h in self.hits])
 
@@ -118,13 +123,16 @@ class SearchPane(Pane):
             table.add_column("Score", key="score", width=SCORE_WIDTH)
             table.add_column("Title", key="title", width=title)
             table.add_column("Path", key="path", width=path)
+            table.add_column("Chunks", key="matched", width=MATCHED_WIDTH)
             table.add_column("Snippet", key="snippet", width=snippet)
+        per_document = self._shown is None or self._shown.per == "document"
         for hit in self.hits:
             table.add_row(
                 str(hit.rank),
                 f"{hit.score:.3f}",
                 one_line(hit.title),
                 one_line(hit.path),
+                Text(str(hit.matched_chunks) if per_document else "", justify="right"),
                 highlighted(hit.snippet, hit.highlights),
                 key=str(hit.chunk_id),
             )
@@ -137,6 +145,7 @@ class SearchPane(Pane):
             text=self.query_one("#query", Input).value.strip(),
             mode=str(self.query_one("#mode", Select).value),
             filters=self.query_one("#filter", Input).value.strip(),
+            per=self._per,
         )
 
     @on(Input.Changed, "#query")
@@ -192,13 +201,16 @@ class SearchPane(Pane):
         started = time.perf_counter()
         try:
             if query.like is not None:
-                hits = await index.more_like_this(query.like, TOP_K, filters=query.filters or None)
+                hits = await index.more_like_this(
+                    query.like, TOP_K, filters=query.filters or None, per=query.per
+                )
             else:
                 hits = await index.search(
                     query.text,
                     TOP_K,
                     filters=query.filters or None,
                     mode=query.mode,  # type: ignore[arg-type]
+                    per=query.per,
                 )
         except FilterError as exc:
             if query == self.current_query():
@@ -224,7 +236,13 @@ class SearchPane(Pane):
             return
         took = "" if self.embedscope.frozen else f" in {seconds * 1000:.0f} ms"
         what = "more like this" if query.like is not None else query.mode
-        self._info(f"{len(hits)} results ({what}){took}")
+        degraded = getattr(hits, "degraded", None)
+        if degraded:
+            # Never silently: these are not the mode asked for, and the reason is the fix.
+            reason = escape(str(getattr(hits, "reason", "")))
+            self._info(f"⚠ {len(hits)} {degraded} results only{took}: {reason}")
+        else:
+            self._info(f"{len(hits)} results ({what}, by {query.per}){took}")
         if not hits:
             self.query_one("#detail", Static).update("No matches. Try another mode or filter.")
 
@@ -253,8 +271,12 @@ class SearchPane(Pane):
         body = Text()
         page = f"  page {hit.page}" if hit.page is not None else ""
         body.append(f"{hit.title}\n", style="bold")
+        matched = ""
+        if self._shown is not None and self._shown.per == "document" and len(siblings) > 1:
+            matched = f", best of {hit.matched_chunks} matching"
         body.append(
-            f"{hit.path}{page}  chunk {chunk.ordinal + 1} of {len(siblings)}\n\n", style="dim"
+            f"{hit.path}{page}  chunk {chunk.ordinal + 1} of {len(siblings)}{matched}\n\n",
+            style="dim",
         )
         if nearby and nearby[0].ordinal > 0:
             body.append("…\n", style="dim")
@@ -264,6 +286,14 @@ class SearchPane(Pane):
             body.append("…", style="dim")
         if self.selected_hit() is hit:
             self.query_one("#detail", Static).update(body)
+
+    def action_toggle_per(self) -> None:
+        """One row per document (each by its best chunk) or one per chunk, for the same query."""
+        self._per = "chunk" if self._per == "document" else "document"
+        if self._like is not None:
+            self._like = replace(self._like, per=self._per)
+        self.app.notify(f"Results by {self._per}.", timeout=2)
+        self.request_search()
 
     def action_cycle_mode(self) -> None:
         select = self.query_one("#mode", Select)
@@ -284,7 +314,9 @@ class SearchPane(Pane):
             self.app.notify("Select a result first.", severity="warning")
             return
         filters = self.query_one("#filter", Input).value.strip()
-        self._like = Query(text=hit.title, mode="vector", filters=filters, like=hit.doc_key)
+        self._like = Query(
+            text=hit.title, mode="vector", filters=filters, like=hit.doc_key, per=self._per
+        )
         self._info(f"Finding documents like “{hit.title}”…")
         self.run_search(self._like)
 

@@ -1,0 +1,110 @@
+"""A cold command answers a query without torch, and trusts the ONNX export only while its
+checksums hold. How fast it starts is measured by benchmarks/bench_cli.py, not here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from engine.models.onnx_runtime import GRAPH, RECORD, WEIGHTS
+
+TORCH = ("torch", "sentence_transformers", "transformers")
+WRAPPER = """
+import json, sys
+from tui.cli import main
+code = main(sys.argv[1:])
+sys.stdout.flush()
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})), file=sys.stderr)
+sys.exit(code)
+"""
+DOCS = {
+    "tides.txt": "Tides rise and fall twice a day because the Moon's gravity pulls the oceans.",
+    "bread.txt": "Sourdough bread needs a lively starter, a long proof and a very hot oven.",
+    "bonds.txt": "Index funds spread money over many stocks; bonds pay fixed interest instead.",
+}
+
+
+def cold(*args: str) -> tuple[Any, list[str]]:
+    """One fresh `embedscope` process: its JSON output, and the heavy modules it imported."""
+    done = subprocess.run(
+        [sys.executable, "-c", WRAPPER.format(heavy=(*TORCH, "onnxruntime")), *args, "--json"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    modules = json.loads(done.stderr.strip().splitlines()[-1])
+    return json.loads(done.stdout), sorted({m.split(".")[0] for m in modules})
+
+
+@pytest.fixture
+def indexed(tmp_path: Path) -> Path:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, text in DOCS.items():
+        (corpus / name).write_text(text + "\n", encoding="utf-8")
+    cold("index", str(corpus), "--name", "cold")
+    return corpus
+
+
+def test_cold_search_loads_no_torch(indexed: Path) -> None:
+    result, modules = cold("search", "why does the sea go up and down", "--name", "cold")
+    assert modules == ["onnxruntime"], "a new query runs on ONNX Runtime alone"
+    assert result["results"][0]["path"] == "tides.txt"
+    assert result["load_s"] > 0 and result["search_s"] > 0
+    again, modules = cold("search", "why does the sea go up and down", "--name", "cold")
+    assert modules == [], "a cached query needs no model at all"
+    assert [r["chunk_id"] for r in again["results"]] == [r["chunk_id"] for r in result["results"]]
+
+
+def test_similar_reports_load_and_search_apart(indexed: Path) -> None:
+    result, modules = cold("similar", "bread.txt", "--name", "cold", "-k", "2")
+    assert modules == []
+    assert result["load_s"] > 0 and result["search_s"] > 0
+    assert result["results"] and all(r["path"] != "bread.txt" for r in result["results"])
+
+
+def test_tampered_export_is_made_again_and_matches_torch(
+    indexed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, st_minilm
+) -> None:
+    """Own cache dir: the export is damaged on purpose, which other tests must not see."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first, modules = cold("embed", "makes the export")
+    assert "torch" in modules and first["small_batches"].startswith("onnxruntime")
+    (folder,) = (tmp_path / "cache").rglob("onnx/minilm-*")
+    weights = folder / WEIGHTS
+    good = weights.read_bytes()
+    record = json.loads((folder / RECORD).read_text())
+
+    # Same size and mtime, one weight changed: only the checksum can tell.
+    stat = weights.stat()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0x40
+    weights.write_bytes(bytes(damaged))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    text = "a query the export has never seen"
+    result, modules = cold("embed", text, "--vectors")
+    assert "torch" in modules, "a checksum mismatch makes the export again, with torch"
+    assert result["small_batches"].startswith("onnxruntime")
+    assert weights.read_bytes() == good
+    assert json.loads((folder / RECORD).read_text())["files"] == record["files"]
+    assert set(record["files"]) == {GRAPH, WEIGHTS}
+
+    vector = np.asarray(result["texts"][0]["vector"], dtype=np.float32)
+    expected = st_minilm.encode([text], normalize_embeddings=True)[0]
+    assert float(vector @ expected) > 0.99999
+
+    found, modules = cold("search", "baking loaves at home", "--name", "cold", "--mode", "vector")
+    assert modules == ["onnxruntime"], "the next command trusts the export again"
+    assert found["results"][0]["path"] == "bread.txt"
