@@ -49,7 +49,7 @@ def read_beir(folder: Path, split: str = "test") -> Beir:
 
 def embed(model: Any, texts: Sequence[str]) -> np.ndarray:
     """Unit vectors; an empty text, which has nothing to embed, is a zero vector."""
-    out = np.zeros((len(texts), model.get_sentence_embedding_dimension()), dtype=np.float32)
+    out = np.zeros((len(texts), model.get_embedding_dimension()), dtype=np.float32)
     filled = [i for i, t in enumerate(texts) if t.strip()]
     if filled:
         out[filled] = model.encode(

@@ -195,11 +195,11 @@ async def measure_model(
     param_mb = None if memory.parameter_bytes is None else memory.parameter_bytes / 2**20
     rss_mb = None if memory.rss_growth_bytes is None else memory.rss_growth_bytes / 2**20
     price = price_per_1m_tokens(engine, name)
-    cost, basis = cost_per_1k(query_tokens, price), "tokenizer"
+    cost, cost_basis = cost_per_1k(query_tokens, price), "tokenizer"
     api_tokens = api_tokens_per_text(before, after)
     if api_tokens is not None:
         # What the endpoint billed for the timed queries, not what our tokenizer expects.
-        cost, basis = api_tokens * 1000.0 * price / 1e6, "api usage"
+        cost, cost_basis = api_tokens * 1000.0 * price / 1e6, "api usage"
     remote = {}
     if after is not None:
         remote = {
@@ -216,7 +216,7 @@ async def measure_model(
         "parameter_mb": param_mb,
         "rss_growth_mb": rss_mb,
         "cost_per_1k": cost,
-        "cost_basis": basis,
+        "cost_basis": cost_basis,
         "price_per_1m_tokens": price,
         "mean_query_tokens": float(np.mean(query_tokens)) if query_tokens else 0.0,
         **remote,

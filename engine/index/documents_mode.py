@@ -1,10 +1,11 @@
 """Results by document: each document once, standing on its best chunk.
 
-Chunk rankings are collapsed onto documents. A vector ranking is fetched deeper in rounds until
-k distinct documents turn up or the ranking runs out (a fixed over-fetch factor falls short
-whenever a few long documents fill the top). A keyword ranking is grouped by document in SQL.
-Hybrid search fuses the two document rankings by reciprocal rank, each document ranked by its
-best chunk in each list.
+Chunk rankings (vector and keyword alike) are collapsed onto documents, fetched deeper in rounds
+until k distinct documents turn up or the ranking runs out: a fixed over-fetch factor falls short
+whenever a few long documents fill the top. Grouping every keyword match by document in SQL
+instead gives the same ranking but costs 1.7-2.3x the keyword search on SciFact (the queries match
+~90% of the chunks, each looked up for its document). Hybrid search fuses the two document
+rankings by reciprocal rank, each document ranked by its best chunk in each list.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -31,7 +33,7 @@ class RankedDocument:
     # Its best chunk in the ranking, and that chunk's score.
     chunk_id: int
     score: float
-    # Its chunks that matched (in the ranking), the best one included.
+    # Its chunks among those ranked to find the documents, the best one included.
     chunk_ids: frozenset[int]
 
 
@@ -123,10 +125,10 @@ def rank_documents(
             vector, store.chunk_documents, depth, available, chunks_per_document
         )
     if mode in ("keyword", "hybrid"):
-        keyword_docs = [
-            RankedDocument(doc, chunk, score, frozenset(ids))
-            for doc, chunk, score, ids in store.keyword_documents(query, depth, candidates)
-        ]
+        keyword = partial(store.keyword_search, query, candidate_ids=candidates)
+        keyword_docs = top_documents(
+            keyword, store.chunk_documents, depth, available, chunks_per_document
+        )
     if mode == "vector":
         return vector_docs[:k]
     if mode == "keyword":

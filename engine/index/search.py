@@ -27,9 +27,9 @@ class SearchHit:
     text: str
     page: int | None
     metadata: dict[str, Any] = field(default_factory=dict)
-    # Per document: how many of the document's chunks matched (keyword: contain a query term;
-    # vector: ranked among the nearest chunks searched); the chunk shown is the best of them.
-    # Per chunk: 1.
+    # Per document: how many of the document's chunks ranked among the chunks searched to find
+    # the k documents (fused: in either ranking); the chunk shown is the best of them. Per
+    # chunk: 1.
     matched_chunks: int = 1
 
     def to_dict(self) -> dict[str, Any]:

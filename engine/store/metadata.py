@@ -704,30 +704,6 @@ class MetadataStore:
             ).fetchall()
         return [(rowid, -score) for rowid, score in rows]
 
-    def keyword_documents(
-        self, query: str, k: int, candidate_ids: np.ndarray | None = None
-    ) -> list[tuple[int, int, float, list[int]]]:
-        """BM25 by document: (document id, its best chunk's id and score, the ids of all its
-        matching chunks), best first. Every match is grouped in SQL, so k documents come back
-        whenever k documents match, however many chunks each of them matches with."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        matches = _fts_matches(query, candidate_ids)
-        if matches is None:
-            return []
-        sql, params = matches
-        with self._locked() as conn:
-            # MATERIALIZED: bm25() only runs in the FTS query itself, never in a flattened join.
-            # With one min() aggregate, SQLite takes the bare h.id from the row holding it.
-            rows = conn.execute(
-                f"WITH h AS MATERIALIZED ({sql.format(rank=self._bm25(conn))}) "
-                "SELECT c.doc_id, h.id, min(h.s) AS best, json_group_array(h.id) "
-                "FROM h JOIN chunks c ON c.id = h.id "
-                "GROUP BY c.doc_id ORDER BY best, h.id LIMIT ?",
-                [*params, k],
-            ).fetchall()
-        return [(doc, chunk, -score, json.loads(ids)) for doc, chunk, score, ids in rows]
-
     def _bm25(self, conn: sqlite3.Connection) -> str:
         if not self._titles(conn):
             return "bm25(chunks_fts)"

@@ -90,13 +90,10 @@ def run_view(run: Any, source: Path | None = None) -> RunView:
 def load_runs(data_dir: Path) -> list[RunView] | None:
     """Saved runs, newest first; None when the evaluation module is not installed yet."""
     try:
-        from engine.evaluation import list_runs, load_run
+        from engine.evaluation import list_runs
     except ImportError:
         return None
-    views = []
-    for path in list_runs(data_dir):
-        views.append(run_view(load_run(path), Path(path)))
-    return views
+    return [run_view(run, Path(run.path)) for run in list_runs(data_dir)]
 
 
 def fmt_figure(name: str) -> Any:
