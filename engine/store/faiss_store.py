@@ -43,6 +43,8 @@ from engine.store.vector_base import (
     VectorStoreCorruptError,
     VectorStoreVersionError,
     Where,
+    as_ids,
+    preview,
 )
 
 __all__ = [
@@ -66,7 +68,6 @@ _PREFIX: Final = struct.Struct("<4sH")
 _IVF_POINTS_PER_LIST: Final = 39
 _TOMBSTONE_FRACTION: Final = 0.1
 _EXACT_BLOCK: Final = 16_384
-_SHOW_IDS: Final = 10
 
 
 def configure_faiss_threads(threads: int | None = None) -> int | None:
@@ -118,33 +119,9 @@ def ivf_nlist_for(n: int) -> int:
     return int(min(4096, max(16, round(4 * math.sqrt(max(n, 0))))))
 
 
-def _preview(ids: np.ndarray) -> str:
-    shown = ", ".join(str(int(i)) for i in ids[:_SHOW_IDS])
-    more = f", … ({len(ids)} in total)" if len(ids) > _SHOW_IDS else ""
-    return f"[{shown}{more}]"
-
-
 def _check_positive(name: str, value: object, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _as_ids(ids: object, what: str) -> np.ndarray:
-    """Validate chunk ids: -1 is FAISS's "no result" marker, so ids must be >= 0."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"{what}: expected a 1-D array of int64 ids, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.empty(0, dtype=np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{what}: expected integer ids (int64), got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.unsignedinteger) and arr.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{what}: ids must fit in int64, got {int(arr.max())}")
-    out = np.ascontiguousarray(arr, dtype=np.int64)
-    negative = out[out < 0]
-    if negative.size:
-        raise ValueError(f"{what}: ids must be >= 0, got {_preview(negative)}")
-    return out
 
 
 def _topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -288,7 +265,7 @@ class FaissVectorStore:
     ) -> None:
         """Add vectors under new ids; an id already present is an error, not an overwrite.
         ``fields`` are not kept: SQLite answers filters for this store."""
-        new_ids = _as_ids(ids, "add ids")
+        new_ids = as_ids(ids, "add ids")
         vecs = self._check_vectors(vectors, "add vectors")
         if vecs.shape[0] != new_ids.size:
             raise ValueError(
@@ -307,12 +284,12 @@ class FaissVectorStore:
             )
         uniq, counts = np.unique(new_ids, return_counts=True)
         if uniq.size != new_ids.size:
-            raise ValueError(f"add: duplicate ids within the batch: {_preview(uniq[counts > 1])}")
+            raise ValueError(f"add: duplicate ids within the batch: {preview(uniq[counts > 1])}")
         with self._lock:
             present = self._present(uniq)
             if present.size:
                 raise ValueError(
-                    f"add: ids already in the vector store: {_preview(present)}; "
+                    f"add: ids already in the vector store: {preview(present)}; "
                     "remove them first to replace their vectors"
                 )
             if self._tombstones.size and np.isin(uniq, self._tombstones).any():
@@ -326,7 +303,7 @@ class FaissVectorStore:
         self, ids: np.ndarray, vectors: np.ndarray, fields: Sequence[ChunkFields] | None = None
     ) -> None:
         """Add, replacing the vectors of ids already stored (validated before anything goes)."""
-        new_ids = _as_ids(ids, "upsert ids")
+        new_ids = as_ids(ids, "upsert ids")
         self._check_vectors(vectors, "upsert vectors")
         with self._lock:
             self.remove(new_ids)
@@ -362,7 +339,7 @@ class FaissVectorStore:
         (re-indexing one file is a small delete) while bounding wasted memory and
         search effort, at the price of an occasional O(n log n) rebuild.
         """
-        gone = _as_ids(ids, "remove ids")
+        gone = as_ids(ids, "remove ids")
         with self._lock:
             present = self._present(np.unique(gone))
             if present.size == 0:
@@ -406,11 +383,11 @@ class FaissVectorStore:
 
     def fetch(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors for ``ids`` as (n, dim) float32, in the order asked."""
-        wanted = _as_ids(ids, "fetch ids")
+        wanted = as_ids(ids, "fetch ids")
         with self._lock:
             missing = np.setdiff1d(wanted, self._ids)
             if missing.size:
-                raise MissingIdsError(f"ids not in the vector store: {_preview(missing)}")
+                raise MissingIdsError(f"ids not in the vector store: {preview(missing)}")
             if wanted.size == 0:
                 return np.empty((0, self._dim), dtype=np.float32)
             return self._reconstruct(wanted)
@@ -451,7 +428,7 @@ class FaissVectorStore:
                     dead = faiss.IDSelectorBatch(self._tombstones)  # must outlive the search
                     selector = faiss.IDSelectorNot(dead)
             else:
-                pool = self._present(np.unique(_as_ids(candidate_ids, "candidate_ids")))
+                pool = self._present(np.unique(as_ids(candidate_ids, "candidate_ids")))
                 if (
                     self._active != "flat"
                     and 0 < pool.size <= self._exact_candidate_limit
