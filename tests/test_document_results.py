@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 import yaml
 from conftest import DATASETS, REPO
+from reference_eval import ndcg_at_10
 from textual.widgets import DataTable
 
 from engine.config import Config
 from engine.engine import Engine
+from engine.evaluation.beir import load_beir
+from engine.evaluation.index_eval import evaluate_index
 from engine.index import CorpusIndex
 from engine.index.corpus import DATABASE, HYBRID_DEPTH
 from engine.index.search import reciprocal_rank_fusion
@@ -183,7 +186,7 @@ async def test_filters_and_more_like_this_count_documents(config: Config, tmp_pa
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "tui.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -223,6 +226,30 @@ async def test_cli_per_document_and_per_chunk(
     assert len(set(keys)) == 4
     bad = cli(isolated_home, "search", "moon", "-n", "docs", "--per", "page")
     assert bad.returncode == 2 and "invalid choice: 'page'" in bad.stderr
+
+
+def test_eval_index_scores_the_document_search(tmp_path: Path, isolated_home: Path) -> None:
+    from test_titles import write_beir
+
+    dataset = write_beir(tmp_path / "tiny")
+    assert cli(isolated_home, "index", str(dataset / "corpus.jsonl"), "-n", "tiny").returncode == 0
+    run = cli(isolated_home, "eval-index", "--dataset", str(dataset), "-n", "tiny", "--json")
+    assert run.returncode == 0, run.stderr
+    payload = json.loads(run.stdout)
+    assert (payload["per"], payload["k"], payload["queries"]) == ("document", 10, 1)
+    assert list(payload["modes"]) == ["hybrid", "vector", "keyword"]
+    for mode in ("hybrid", "vector"):
+        # Four documents in all: the one query gets each once, and is short of ten.
+        figures = payload["modes"][mode]
+        assert figures["documents_per_query"] == 4 and figures["queries_short_of_10"] == 1
+        assert figures["ndcg@10"] == figures["mrr@10"] == 1.0, "the titled row ranks first"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "note.md").write_text("# Note\n\nNothing from the dataset.\n", "utf-8")
+    assert cli(isolated_home, "index", str(other), "-n", "other").returncode == 0
+    bad = cli(isolated_home, "eval-index", "--dataset", str(dataset), "-n", "other")
+    assert bad.returncode == 2 and "holds none of the documents of" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 async def test_the_search_pane_toggles_documents_and_chunks(tmp_path: Path) -> None:
@@ -294,7 +321,7 @@ async def test_scifact_k10_gives_10_documents_in_every_mode_and_under_a_2_percen
     rows = [json.loads(line) for line in (scifact / "corpus.jsonl").open()]
     subset = [r for r in rows if r["_id"] in wanted]
     subset += [r for r in rows if r["_id"] not in wanted][: 800 - len(subset)]
-    corpus = tmp_path / "scifact.jsonl"
+    corpus = tmp_path / "corpus.jsonl"
     with corpus.open("w") as fh:
         for i, row in enumerate(subset):
             fh.write(json.dumps({**row, "bucket": i % 50}) + "\n")  # each bucket: 2%
@@ -304,7 +331,7 @@ async def test_scifact_k10_gives_10_documents_in_every_mode_and_under_a_2_percen
         stats = index.stats()
         assert stats.chunks > stats.documents * 1.5, "SciFact abstracts span ~2 chunks"
         db = index.folder / DATABASE
-        in_bucket = {f"scifact.jsonl#{r['_id']}" for i, r in enumerate(subset) if i % 50 == 7}
+        in_bucket = {f"corpus.jsonl#{r['_id']}" for i, r in enumerate(subset) if i % 50 == 7}
         assert len(in_bucket) == 16
         short = {mode: 0 for mode in ("vector", "keyword", "hybrid")}
         for q in queries:
@@ -320,3 +347,16 @@ async def test_scifact_k10_gives_10_documents_in_every_mode_and_under_a_2_percen
                 assert len(keys) == min(10, len(matching)), (q["_id"], mode)
                 short[mode] += len(keys) < 10
         assert short["vector"] == short["hybrid"] == 0
+
+        # `eval-index` scores the document search; here against a brute-force ranking of the
+        # same documents by their best chunk, scored by ir-measures directly.
+        dataset = load_beir(scifact, limit_queries=len(queries))
+        figures = await evaluate_index(index, dataset, ["vector"])
+        ids = index.store.chunk_ids()
+        run = {}
+        for qid, text in zip(dataset.query_ids, dataset.query_texts, strict=True):
+            qvec = (await engine.embeddings.encode([text]))[0]
+            top = vector_reference(index, qvec, 10, ids)
+            run[qid] = {key.split("#", 1)[1]: 10.0 - rank for rank, (key, _, _) in enumerate(top)}
+        assert figures["vector"]["ndcg@10"] == pytest.approx(ndcg_at_10(dataset.qrels, run))
+        assert figures["vector"]["documents_per_query"] == 10
