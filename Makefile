@@ -23,7 +23,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -ra
+	$(VENV)/bin/pytest -ra --durations=40
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

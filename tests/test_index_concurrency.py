@@ -98,7 +98,7 @@ def on_disk_agree(folder: Path) -> int:
 def test_two_index_processes_one_writes_the_other_names_its_pid(
     isolated_home: Path, tmp_path: Path
 ) -> None:
-    corpus = make_corpus(tmp_path / "corpus", 40)
+    corpus = make_corpus(tmp_path / "corpus", 20)
     procs = [cli("index", str(corpus), "--name", "shared") for _ in range(2)]
     ended = finish_all(procs)
     codes = [p.returncode for p in procs]
@@ -110,12 +110,12 @@ def test_two_index_processes_one_writes_the_other_names_its_pid(
     assert f"index 'shared' is being written by another process (pid {winner.pid})" in message
     assert "--wait" in message and "Traceback" not in message
     assert ended[loser] < ended[1 - loser], "the refused run fails at once, it does not wait"
-    assert on_disk_agree(isolated_home / "indexes" / "shared") > 100
+    assert on_disk_agree(isolated_home / "indexes" / "shared") > 50
 
 
 @pytest.mark.slow
 def test_two_index_processes_with_wait_both_succeed(isolated_home: Path, tmp_path: Path) -> None:
-    corpus = make_corpus(tmp_path / "corpus", 40)
+    corpus = make_corpus(tmp_path / "corpus", 20)
     procs = [cli("index", str(corpus), "--name", "shared", "--wait", "--json") for _ in range(2)]
     finish_all(procs)
     outs = [p.stdout.read() for p in procs]  # type: ignore[union-attr]
@@ -123,9 +123,9 @@ def test_two_index_processes_with_wait_both_succeed(isolated_home: Path, tmp_pat
     assert [p.returncode for p in procs] == [0, 0], errors
     reports = [json.loads(out)["report"] for out in outs]
     # One run indexed everything; the other waited for it and found nothing left to do.
-    assert sorted(r["added"] for r in reports) == [0, 40]
-    assert sorted(r["unchanged"] for r in reports) == [0, 40]
-    assert on_disk_agree(isolated_home / "indexes" / "shared") > 100
+    assert sorted(r["added"] for r in reports) == [0, 20]
+    assert sorted(r["unchanged"] for r in reports) == [0, 20]
+    assert on_disk_agree(isolated_home / "indexes" / "shared") > 50
 
 
 READER = """
@@ -164,7 +164,7 @@ asyncio.run(main(*sys.argv[1:3]))
 def test_writer_beside_looping_readers_leaves_every_vector(
     isolated_home: Path, tmp_path: Path
 ) -> None:
-    corpus = make_corpus(tmp_path / "corpus", 140)
+    corpus = make_corpus(tmp_path / "corpus", 70)
     stop = tmp_path / "stop"
     reader = subprocess.Popen(
         [sys.executable, "-c", READER, "live", str(stop)],
@@ -187,7 +187,7 @@ def test_writer_beside_looping_readers_leaves_every_vector(
     assert stats["errors"] == []
     assert stats["searches"] >= 5, stats
     chunks = on_disk_agree(isolated_home / "indexes" / "live")
-    assert 400 < chunks < 700
+    assert 200 < chunks < 350
 
 
 HOLDER = """

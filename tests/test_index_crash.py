@@ -28,7 +28,7 @@ from engine.index import MODES
 
 pytestmark = pytest.mark.slow
 
-TRIALS = 10
+TRIALS = 6
 SEED = 20240611
 QUERIES = ("shock wave boundary layer interaction", "buckling of cylindrical shells")
 

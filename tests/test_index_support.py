@@ -10,7 +10,9 @@ import asyncio
 import dataclasses
 import json
 import shutil
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +54,27 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def copy_cache(src_data_dir: Path, dst_data_dir: Path) -> None:
-    """Warm a new data dir with another's embedding cache (what a second index would reuse)."""
-    shutil.copytree(src_data_dir / "cache", dst_data_dir / "cache", dirs_exist_ok=True)
+    """Warm a new data dir with another's embedding cache (what a second index would reuse).
+
+    Databases go through SQLite's backup API: a file copy of a WAL database is torn when a
+    connection left open by an earlier test's pool thread checkpoints during the copy."""
+    src, dst = src_data_dir / "cache", dst_data_dir / "cache"
+    for path in sorted(src.rglob("*")):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.name.endswith((".db-wal", ".db-shm")):
+            continue
+        elif path.suffix == ".db":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with (
+                closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as source,
+                closing(sqlite3.connect(target)) as copy,
+            ):
+                source.backup(copy)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
 
 
 @dataclass(frozen=True)

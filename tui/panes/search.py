@@ -247,7 +247,8 @@ class SearchPane(Pane):
             self.query_one("#detail", Static).update("No matches. Try another mode or filter.")
 
     def _info(self, text: str) -> None:
-        self.query_one("#search-info", Static).update(text)
+        # One line high whatever it says: repainting it needs no layout of the whole screen.
+        self.query_one("#search-info", Static).update(text, layout=False)
 
     def selected_hit(self) -> SearchHit | None:
         table = self.query_one("#results", DataTable)
