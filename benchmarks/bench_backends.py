@@ -129,7 +129,7 @@ async def run(args: Any) -> dict[str, Any]:
     allowed = ids[ids % BUCKETS == 7]
     truth, truth_filtered = exact(vectors, q), exact(vectors, q, allowed)
 
-    opts = config.index
+    opts = config.store_settings("faiss")
     faiss_settings = {k: opts[k] for k in ("hnsw_m", "hnsw_ef_search", "hnsw_ef_construction")}
     log("filling the FAISS HNSW store")
     faiss_store = create_store("faiss", {**faiss_settings, "type": "hnsw"}, 384, name="bench")

@@ -1,6 +1,7 @@
 """Indexing throughput of `CorpusIndex.index_path` against a bare `model.encode` of its chunks.
 
 Usage: .venv/bin/python benchmarks/bench_index.py [--quick] [--docs N] [--layout jsonl|folder]
+       [--model minilm-int8]
 
 SciFact documents are written to a temporary folder (one jsonl, or one .txt per document) and
 indexed into a new flat index with an empty embedding cache; the baseline is
@@ -16,7 +17,9 @@ tokenizer, the one pass chunking cannot avoid (`chunking_vs_tokenizing`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from _common import (
 )
 
 from engine import Engine
+from engine.config import load_config
 
 BATCH = 32
 TARGETS = {"index_vs_direct": 0.85, "chunking_vs_tokenizing": 0.5}
@@ -56,9 +60,22 @@ def write_docs(folder: Path, docs: list[dict[str, Any]], layout: str) -> Path:
     return folder
 
 
-async def time_index(home: Path, source: Path) -> dict[str, Any]:
-    """A new index with an empty cache: every chunk goes through the model once."""
-    async with Engine(bench_config(home)) as engine:
+def model_config(home: Path, model: str | None) -> Any:
+    """The benchmark config, with `model` (a declared model, e.g. minilm-int8) as the default."""
+    config = bench_config(home)
+    if model is None:
+        return config
+    declared = load_config(use_user_file=False).models
+    if model not in declared:
+        raise SystemExit(f"--model {model}: not declared (declared: {', '.join(declared)})")
+    raw = {**config.raw, "default_model": model, "models": {model: declared[model]}}
+    return dataclasses.replace(config, raw=raw)
+
+
+async def time_index(home: Path, source: Path, model: str | None) -> dict[str, Any]:
+    """A new index with an empty cache: every chunk goes through the model once. Peak RSS is
+    the process's, the direct baseline's model included (loaded first)."""
+    async with Engine(model_config(home, model)) as engine:
         model = await engine.embeddings.model()
         await model.load()
         index = await engine.indexes.create("bench-index", index_type="flat")
@@ -71,6 +88,7 @@ async def time_index(home: Path, source: Path) -> dict[str, Any]:
         texts = index.store.chunk_texts(ids)
     return {
         "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "chunks": report.chunks_embedded,
         "model_calls": report.model_calls,
         "texts": texts,
@@ -139,12 +157,12 @@ async def run(args: Any) -> dict[str, Any]:
         for r in range(repeats):
             home = run_dir / f"repeat-{r}"
             if r % 2 == 0 or not texts:
-                indexed = await time_index(home, source)
+                indexed = await time_index(home, source, args.model)
                 texts = indexed["texts"]
                 direct = time_direct(direct_model, texts)
             else:
                 direct = time_direct(direct_model, texts)
-                indexed = await time_index(home, source)
+                indexed = await time_index(home, source, args.model)
             log(
                 f"repeat {r + 1}: index_path {indexed['chunks']} chunks in "
                 f"{indexed['seconds']:.2f}s, direct encode {direct:.2f}s"
@@ -155,6 +173,7 @@ async def run(args: Any) -> dict[str, Any]:
                     "direct_s": direct,
                     "chunks": indexed["chunks"],
                     "model_calls": indexed["model_calls"],
+                    "peak_rss_mb": indexed["peak_rss_mb"],
                 }
             )
     abstracts = [d["text"] for d in read_jsonl(SCIFACT / "corpus.jsonl") if d["text"].strip()]
@@ -171,6 +190,7 @@ async def run(args: Any) -> dict[str, Any]:
         "chunks": chunks,
         "repeats": repeats,
         "batch_size": BATCH,
+        "model": args.model or "minilm",
         "index_vs_direct": ratio,
         "index_chunks_per_s": round(chunks / median([row["index_s"] for row in rows]), 1),
         "direct_chunks_per_s": round(chunks / median([row["direct_s"] for row in rows]), 1),
@@ -198,6 +218,9 @@ async def run(args: Any) -> dict[str, Any]:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--docs", type=int, default=None, help="SciFact documents (default 1,000)")
+    p.add_argument(
+        "--model", help="index with this declared model (default minilm; e.g. minilm-int8)"
+    )
     p.add_argument(
         "--layout",
         choices=("jsonl", "folder"),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import importlib
 import json
 import sqlite3
 import sys
@@ -15,11 +17,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from engine.cli_parsers import HANDLERS, add_eval_parsers, add_finetune_parser
 from engine.config import Config, ConfigError, load_config
 from engine.disks import FULL, disk_problem
 from engine.embedding import OverloadedError
 from engine.engine import Engine
+from engine.errors import EmbedscopeError
 from engine.index import MODES, PERS, CorpusIndexError, IndexProgress, SearchHit
+from engine.index.corpus import folder_bytes
 from engine.limits import RequestLimits
 from engine.models import EmbeddingModel, ModelError
 from engine.store import FILTER_FORMS, StoreError
@@ -37,6 +42,13 @@ def command(name: str) -> Callable[[Handler], Handler]:
         return fn
 
     return register
+
+
+def handler(name: str) -> Handler:
+    """A command's handler; one in another package (`HANDLERS`) is imported only now."""
+    if name not in COMMANDS and name in HANDLERS:
+        importlib.import_module(HANDLERS[name])
+    return COMMANDS[name]
 
 
 def emit_json(payload: Any) -> None:
@@ -61,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="config file (default: the user config file)")
     parser.add_argument("--corpus", type=Path, help="app: index this folder on first launch")
     parser.add_argument("--index", dest="index_name", help="app: open this named index")
+    parser.add_argument("--serve", action="store_true", help="app: also serve the HTTP API")
+    parser.add_argument("--host", dest="app_host", default="127.0.0.1", help="app: --serve on")
+    parser.add_argument("--port", dest="app_port", type=int, default=8765, help="app: --serve port")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("models", help="list registered models, available or not and why")
@@ -77,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", "-n", default="default", help="index name (default: default)")
     p.add_argument("--model", "-m", help="model for a new index (default: default_model)")
     p.add_argument("--index-type", "-t", choices=INDEX_TYPES, help="vector index type")
+    p.add_argument(
+        "--backend", choices=("faiss", "milvus"), help="vector store of a new index (index.backend)"
+    )
     p.add_argument("--include", action="append", default=[], metavar="GLOB")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -138,13 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", "-n", help="restore under another name")
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
-    from engine.evaluation.cli import add_parsers as add_eval_parsers
-
     add_eval_parsers(sub)
-
-    from engine.training.cli import add_parsers as add_finetune_parser
-
     add_finetune_parser(sub)
+
+    from engine.serve.cli import add_parsers as add_serve_parsers
+
+    add_serve_parsers(sub)
+
+    from engine.index.migrate_cli import add_parsers as add_migrate_parser
+
+    add_migrate_parser(sub)
     return parser
 
 
@@ -300,7 +321,7 @@ async def cmd_index(args: argparse.Namespace, config: Config) -> int:
         raise CorpusIndexError(f"{args.path} does not exist; give a folder or file to index")
     async with Engine(config) as engine:
         index = await engine.indexes.open_or_create(
-            args.name, args.model, args.index_type, wait=args.wait
+            args.name, args.model, args.index_type, wait=args.wait, backend=args.backend
         )
         try:
             report = await index.index_path(
@@ -318,6 +339,9 @@ async def cmd_index(args: argparse.Namespace, config: Config) -> int:
                 "command again to resume (they are not embedded again)"
             ) from None
         stats = index.stats()
+    # Measured once the engine has closed the index, so the write-ahead log is folded in: the
+    # size `info` reports.
+    stats = dataclasses.replace(stats, bytes_on_disk=folder_bytes(stats.path))
     if args.json:
         emit_json({"index": stats.to_dict(), "report": report.to_dict()})
         return 0
@@ -526,14 +550,14 @@ def run(args: argparse.Namespace) -> int:
     config: Config | None = None
     try:
         config = load_config(args.config)
-        return asyncio.run(COMMANDS[args.command](args, config))
+        return asyncio.run(handler(args.command)(args, config))
     except (
         ConfigError,
         ModelError,
         OverloadedError,
         CorpusIndexError,
         StoreError,
-        KeyError,
+        EmbedscopeError,
         ValueError,
         OSError,
         sqlite3.Error,
@@ -555,4 +579,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m engine.cli` runs this file as `__main__`, a second copy of `engine.cli`; the
+    # commands other modules register with `@command` go to `engine.cli`, so that copy runs.
+    from engine.cli import main as engine_main
+
+    sys.exit(engine_main())

@@ -137,6 +137,18 @@ MODEL_SCHEMA: dict[str, Any] = {
     "distill_from": STR,
     "pca_dims": INT.range(ge=1, le=65_536),
     "onnx_small_batches": BOOL,
+    "quantize": STR.one_of("int8"),
+}
+
+FAISS_SCHEMA: dict[str, Any] = {
+    "type": STR.one_of("auto", "flat", "hnsw", "ivf"),
+    "auto_hnsw_threshold": INT.range(ge=0),
+    "hnsw_m": INT.range(ge=2, le=512),
+    "hnsw_ef_search": INT.range(ge=1, le=1_000_000),
+    "hnsw_ef_construction": INT.range(ge=1, le=1_000_000),
+    "ivf_nlist": OPT_INT.range(ge=1, le=1_000_000),
+    "ivf_nprobe": INT.range(ge=1, le=1_000_000),
+    "exact_candidate_limit": INT.range(ge=0, le=LIMIT_CEILING),
 }
 
 SCHEMA: dict[str, Any] = {
@@ -155,13 +167,19 @@ SCHEMA: dict[str, Any] = {
         "disk_cache_ttl_s": OPT_NUM.range(gt=0),
     },
     "index": {
-        "type": STR.one_of("auto", "flat", "hnsw", "ivf"),
-        "auto_hnsw_threshold": INT.range(ge=0),
-        "hnsw_m": INT.range(ge=2, le=512),
-        "hnsw_ef_search": INT.range(ge=1, le=1_000_000),
-        "hnsw_ef_construction": INT.range(ge=1, le=1_000_000),
-        "ivf_nlist": OPT_INT.range(ge=1, le=1_000_000),
-        "ivf_nprobe": INT.range(ge=1, le=1_000_000),
+        "backend": STR.one_of("faiss", "milvus"),
+        "faiss": FAISS_SCHEMA,
+        "milvus": {
+            "uri": STR.matching(r"(https?|tcp|grpc)://\S+", "a URI like http://127.0.0.1:19530"),
+            "token": STR,
+            "consistency": STR.one_of("Session", "Strong"),
+            "hnsw_m": INT.range(ge=2, le=2048),
+            "hnsw_ef_construction": INT.range(ge=1, le=65_536),
+            "ef_search": INT.range(ge=1, le=16_384),
+            "timeout_s": NUM.range(gt=0, le=3600),
+        },
+        # The FAISS keys of older configs, before they moved under index.faiss (still read).
+        **FAISS_SCHEMA,
         # The chunker needs 8 tokens to find a break; overlap is checked against it below.
         "chunk_tokens": OPT_INT.range(ge=8),
         "chunk_overlap": INT.range(ge=0),
@@ -361,6 +379,15 @@ class Config:
         return self.raw["index"]
 
     @property
+    def index_backend(self) -> str:
+        """The vector store new indexes are built on (an index keeps the one it was built on)."""
+        return str(self.raw["index"]["backend"])
+
+    def store_settings(self, backend: str) -> dict[str, Any]:
+        """``index.faiss`` or ``index.milvus``: the settings the store factory takes."""
+        return dict(self.raw["index"][backend])
+
+    @property
     def documents(self) -> dict[str, Any]:
         return self.raw["documents"]
 
@@ -392,6 +419,7 @@ def load_config(path: Path | None = None, *, use_user_file: bool = True) -> Conf
     if user is not None:
         data, lines = _load_yaml(user)
         _validate(data, SCHEMA, lines, (), str(user))
+        _nest_faiss_keys(data, lines)
         _merge(raw, data)
         locations.update(lines)
         sources.append(user)
@@ -402,6 +430,26 @@ def load_config(path: Path | None = None, *, use_user_file: bool = True) -> Conf
     if raw["cache_dir"]:
         _check_folder(Path(raw["cache_dir"]).expanduser(), _at(locations, "cache_dir"))
     return Config(raw=raw, data_dir=data_dir, sources=sources, locations=locations)
+
+
+def _nest_faiss_keys(
+    data: dict[str, Any], lines: dict[tuple[str, ...], Location]
+) -> None:
+    """Move an older file's flat FAISS keys (``index.hnsw_m``) under ``index.faiss``; a key the
+    same file also sets under ``index.faiss`` wins."""
+    section = data.get("index")
+    if not isinstance(section, dict):
+        return
+    flat = [key for key in FAISS_SCHEMA if key in section]
+    if not flat:
+        return
+    nested = section.setdefault("faiss", {})
+    for key in flat:
+        value = section.pop(key)
+        if key not in nested:
+            nested[key] = value
+            if ("index", key) in lines:
+                lines[("index", "faiss", key)] = lines[("index", key)]
 
 
 def _user_file(path: Path | None, use_user_file: bool) -> Path | None:

@@ -43,7 +43,9 @@ def disk_problem(exc: BaseException, path: Path) -> str | None:
     when the error is something else, such as real corruption."""
     vague = False
     seen: BaseException | None = exc
-    while seen is not None:
+    visited: set[int] = set()  # a client library's chain can loop back on itself
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
         err = seen.errno if isinstance(seen, OSError) else None
         code = getattr(seen, "sqlite_errorcode", None)
         primary = code & 0xFF if isinstance(code, int) else None

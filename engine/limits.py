@@ -12,17 +12,17 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from engine.config import Config
+from engine.errors import LimitError
 from engine.store.filters import split_filter_text
 
 
-class RequestLimitError(ValueError):
+class RequestLimitError(LimitError):
     """A request outside a limit. The message says what, the value, the limit and how to fix
     it; `what`, `got` and `limit` carry the same for a front end that maps errors itself.
 
-    A ValueError too, so callers that already treat bad input as such keep working.
+    A ValueError too (through LimitError), so callers that treat bad input as such keep working.
     """
 
-    code = "request_limit"
 
     def __init__(self, message: str, *, what: str, got: object, limit: int) -> None:
         super().__init__(message)

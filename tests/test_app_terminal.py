@@ -178,8 +178,10 @@ def test_closing_the_terminal_ends_the_app_under_make_run(isolated_home: Path) -
         wait_for(indexing, 180, term.proc)
         (app_pid,) = app_pids
         hang_up_and_measure(term, app_pid)
-        # make took the SIGHUP and passes it on to itself once its child has gone.
-        assert term.proc.wait(10) == -signal.SIGHUP
+        # make takes the same SIGHUP and passes it on to itself once its child has gone; when
+        # the child's exit (129) reaches it first, it reports the failed recipe (2) instead.
+        # Either way make is gone at once, as the terminal is.
+        assert term.proc.wait(10) in (-signal.SIGHUP, 2)
     finally:
         for pid in app_pids:
             if not gone_within(pid, 0):

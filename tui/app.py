@@ -7,12 +7,14 @@ import gc
 import importlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.driver import Driver
+from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerState
 
@@ -31,6 +33,7 @@ from tui.panes.compare import ComparePane, ModelRow, load_runs
 from tui.panes.index import IndexPane, default_index_name
 from tui.panes.metrics import MetricsPane
 from tui.panes.search import SearchPane
+from tui.serving import ApiServer
 from tui.settings import DEFAULT_THEME, AppSettings, SettingsError
 from tui.themes import ThemeFileError, load_themes
 
@@ -75,8 +78,10 @@ class EmbedscopeApp(App[None]):
         start_engine: bool = True,
         frozen: bool = False,
         settings_path: Path | None = None,
+        serve: tuple[str, int] | None = None,
     ) -> None:
-        """`start_engine=False` with `frozen=True` is the still, repeatable app snapshots need."""
+        """`start_engine=False` with `frozen=True` is the still, repeatable app snapshots need.
+        `serve` (host, port): serve the HTTP API once the engine is up."""
         super().__init__()
         self.config_path = config_path
         self.corpus = corpus
@@ -85,6 +90,8 @@ class EmbedscopeApp(App[None]):
         self.frozen = frozen
         self.engine: Engine | None = None
         self.index: CorpusIndex | None = None
+        self.serve_at = serve
+        self.api: ApiServer | None = None
         self._loaded_models: set[str] = set()
         self._landing_after_index = False
         self._startup_problems: list[str] = []
@@ -162,6 +169,8 @@ class EmbedscopeApp(App[None]):
             self.set_status("Engine not started.")
 
     async def on_unmount(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
         if self.engine is not None:
             await self.engine.stop()
         gc.unfreeze()
@@ -278,6 +287,38 @@ class EmbedscopeApp(App[None]):
     @on(EngineReady)
     def _engine_ready(self) -> None:
         self.refresh_models()
+        if self.serve_at is not None:
+            self.start_api()
+
+    def get_system_commands(self, screen: Screen) -> Iterator[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        if self.api is not None and self.api.running:
+            yield SystemCommand("Stop API server", f"stop serving {self.api.url}", self.stop_api)
+        else:
+            yield SystemCommand("Start API server", "serve the HTTP API here", self.start_api)
+
+    @work(group="api", exit_on_error=False)
+    async def start_api(self) -> None:
+        """Same app and rules as `embedscope serve`, sharing this app's engine; a failure to
+        start (port in use, no key for a public host) becomes a notice via report_worker."""
+        if self.api is not None and self.api.running:
+            self.notify(f"The API is already served at {self.api.url}.")
+            return
+        if self.engine is None:
+            self.notify("The engine is still starting; start the API server once it is ready.")
+            return
+        host, port = self.serve_at or ("127.0.0.1", 8765)
+        api = ApiServer(self.engine, host, port)
+        await api.start()
+        self.api = api
+        self.notify(f"Serving the HTTP API at {api.url}; watch it in the Metrics pane (F5).")
+
+    @work(group="api", exit_on_error=False)
+    async def stop_api(self) -> None:
+        api, self.api = self.api, None
+        if api is not None:
+            await api.stop()
+            self.notify(f"Stopped the API server at {api.url}.")
 
     @on(ModelReady)
     def _model_ready(self, message: ModelReady) -> None:

@@ -13,7 +13,12 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     from tui.app import EmbedscopeApp
 
-    app = EmbedscopeApp(config_path=args.config, corpus=args.corpus, index_name=args.index_name)
+    app = EmbedscopeApp(
+        config_path=args.config,
+        corpus=args.corpus,
+        index_name=args.index_name,
+        serve=(args.app_host, args.app_port) if args.serve else None,
+    )
     app.run()
     return app.return_code or 0
 

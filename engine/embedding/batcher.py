@@ -15,9 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-class OverloadedError(RuntimeError):
-    """The queue is full: the caller should retry later or raise embedding.max_queue."""
+from engine.errors import OverloadedError
 
 
 @dataclass(slots=True)

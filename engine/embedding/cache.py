@@ -56,6 +56,13 @@ class MemoryCache:
                 self._items.move_to_end(key)
             return vec
 
+    def drop(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            for key in keys:
+                old = self._items.pop(key, None)
+                if old is not None:
+                    self.nbytes -= old.nbytes
+
     def put(self, key: str, vec: np.ndarray) -> None:
         if vec.nbytes > self.max_bytes:
             return
@@ -276,6 +283,12 @@ class DiskCache:
     def put_many(self, items: list[tuple[str, bytes]]) -> None:
         if items and self.read_only is None:
             self._writes.put(list(items))
+
+    def drop_many(self, keys: Iterable[str]) -> None:
+        """Delete entries (absent keys are ignored), queued behind earlier writes."""
+        drops: list[tuple[str, bytes | None]] = [(key, None) for key in keys]
+        if drops and self.read_only is None:
+            self._writes.put(drops)
 
     def _write_loop(self) -> None:
         while True:

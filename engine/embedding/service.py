@@ -20,6 +20,7 @@ from engine.config import EmbeddingSettings
 from engine.embedding.batcher import MicroBatcher, OverloadedError
 from engine.embedding.cache import DiskCache, MemoryCache
 from engine.embedding.metrics import Metrics
+from engine.errors import BadRequestError
 from engine.limits import RequestLimits
 from engine.models import EmbeddingModel, ModelRegistry
 
@@ -31,14 +32,16 @@ INLINE_LIMIT = 16
 def validate_texts(texts: Any) -> list[str]:
     """Reject what no model should see, naming the first offending item by index."""
     if isinstance(texts, str):
-        raise ValueError("texts must be a list of strings, got a single str; wrap it: [text]")
+        raise BadRequestError("texts must be a list of strings, got a single str; wrap it: [text]")
     if not isinstance(texts, Sequence) or len(texts) == 0:
-        raise ValueError("texts must be a non-empty list of strings")
+        raise BadRequestError("texts must be a non-empty list of strings")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str")
+            raise BadRequestError(f"texts[{i}] is {type(text).__name__}, expected str")
         if not text.strip():
-            raise ValueError(f"texts[{i}] is empty or whitespace only; drop it before embedding")
+            raise BadRequestError(
+                f"texts[{i}] is empty or whitespace only; drop it before embedding"
+            )
     return list(texts)
 
 
@@ -214,6 +217,20 @@ class EmbeddingService:
             seconds=seconds,
             model=mdl.name,
         )
+
+    async def forget(self, texts: Sequence[str], model: str | None = None) -> int:
+        """Drop the cached vectors of these texts (as `encode` keys them) from both levels;
+        returns how many keys were dropped. Used when chunks leave an index (see
+        `engine.embedding.pruning`)."""
+        if not texts:
+            return 0
+        mdl = await self.model(model)
+        cut = await asyncio.to_thread(mdl.truncate, list(texts))
+        keys = list(dict.fromkeys(cache_key(mdl.fingerprint.digest, t) for t in cut.texts))
+        self.memory.drop(keys)
+        if self.disk is not None:
+            self.disk.drop_many(keys)
+        return len(keys)
 
     def snapshot(self) -> dict[str, Any]:
         """Metrics per model plus cache sizes, in one call."""

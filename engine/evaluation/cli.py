@@ -1,59 +1,26 @@
-"""The `eval` and `eval-sts` commands; `engine.cli.build_parser` adds them via `add_parsers`."""
+"""The `eval`, `eval-index` and `eval-sts` commands, imported when one of them runs (their
+arguments are declared in `engine.cli_parsers`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.cli import command, emit_json
-from engine.config import Config
-from engine.engine import Engine
-from engine.evaluation.measure import EvalProgress
-from engine.evaluation.retrieval import METRICS
-from engine.evaluation.runs import EvalRun
-from engine.evaluation.scoring import load_use_cases
+from engine.cli_parsers import add_eval_parsers
+
+if TYPE_CHECKING:
+    from engine.config import Config
+    from engine.evaluation.measure import EvalProgress
+    from engine.evaluation.runs import EvalRun
 
 FIGURES = ("query_p50_ms", "query_p95_ms", "docs_per_s", "memory_mb", "cost_per_1k")
 
 
 def add_parsers(sub: Any) -> None:
-    """Register both commands' arguments on the main parser's subparsers."""
-    p = sub.add_parser("eval", help="score models on a BEIR-layout retrieval dataset")
-    p.add_argument("--dataset", type=Path, required=True, help="folder with corpus.jsonl, …")
-    p.add_argument("--split", default="test", help="qrels/<split>.tsv to evaluate (default test)")
-    p.add_argument(
-        "--limit-queries", type=int, metavar="N", help="evaluate only the first N queries"
-    )
-    _common(p)
-
-    p = sub.add_parser(
-        "eval-index", help="score a named index's document search on a BEIR-layout dataset"
-    )
-    p.add_argument("--dataset", type=Path, required=True, help="folder with corpus.jsonl, …")
-    p.add_argument(
-        "--name", "-n", required=True, help="an index built from the dataset's corpus.jsonl"
-    )
-    p.add_argument("--split", default="test", help="qrels/<split>.tsv to evaluate (default test)")
-    p.add_argument(
-        "--limit-queries", type=int, metavar="N", help="evaluate only the first N queries"
-    )
-    p.add_argument(
-        "--modes", default="hybrid,vector,keyword", help="comma-separated search modes"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-
-    p = sub.add_parser("eval-sts", help="score models on an STS tsv file (Spearman)")
-    p.add_argument("--file", type=Path, required=True, help="an sts-*.tsv file")
-    p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N pairs")
-    _common(p)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", "-m", help="comma-separated model names (default: default_model)")
-    p.add_argument("--use-case", help="rank for this use case only (default: all)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    """The commands' arguments, declared in `engine.cli_parsers` (see there why)."""
+    add_eval_parsers(sub)
 
 
 def _models(args: argparse.Namespace, config: Config) -> list[str]:
@@ -68,6 +35,8 @@ def _models(args: argparse.Namespace, config: Config) -> list[str]:
 def _use_case_override(args: argparse.Namespace, config: Config) -> str | None:
     if args.use_case is None:
         return None
+    from engine.evaluation.scoring import load_use_cases
+
     known = load_use_cases(config)
     if args.use_case not in known:
         raise ValueError(
@@ -129,7 +98,8 @@ def _print_table(summary: dict[str, Any], keys: tuple[str, ...], run: EvalRun) -
 
 @command("eval")
 async def cmd_eval(args: argparse.Namespace, config: Config) -> int:
-    from engine.evaluation.retrieval import run_retrieval_eval
+    from engine.engine import Engine
+    from engine.evaluation.retrieval import METRICS, run_retrieval_eval
 
     models = _models(args, config)
     use_case = _use_case_override(args, config)
@@ -153,8 +123,10 @@ async def cmd_eval(args: argparse.Namespace, config: Config) -> int:
 
 @command("eval-index")
 async def cmd_eval_index(args: argparse.Namespace, config: Config) -> int:
+    from engine.engine import Engine
     from engine.evaluation.beir import load_beir
     from engine.evaluation.index_eval import INDEX_METRICS, K, evaluate_index
+    from engine.evaluation.measure import EvalProgress
     from engine.index.search import check_mode
 
     modes = [check_mode(m.strip()) for m in args.modes.split(",") if m.strip()]
@@ -192,6 +164,7 @@ async def cmd_eval_index(args: argparse.Namespace, config: Config) -> int:
 
 @command("eval-sts")
 async def cmd_eval_sts(args: argparse.Namespace, config: Config) -> int:
+    from engine.engine import Engine
     from engine.evaluation.sts import run_sts_eval
 
     models = _models(args, config)

@@ -1,9 +1,13 @@
-"""A named, persistent corpus index: SQLite is the source of truth, FAISS holds the vectors.
+"""A named, persistent corpus index: SQLite is the source of truth, a vector store (FAISS or
+Milvus, built by `engine.store.factory` from the backend the manifest records) holds the vectors.
 
 Crash safety comes from ordering: a document and its chunks commit to SQLite in one
-transaction, vectors follow, and on every open the two are reconciled (ids only in FAISS are
-removed, ids only in SQLite are re-embedded from the cache). A SIGKILL at any moment therefore
-leaves an index that opens, agrees with itself, and completes on the next run.
+transaction that also bumps the index's commit generation, vectors follow, then the store
+records that generation. On open, equal generations mean the two agree; otherwise they are
+reconciled (ids only in the store are removed, ids only in SQLite are re-embedded from the
+cache). A local store's ids are in memory, so it is always compared; a remote store is listed
+only when the generations differ. A SIGKILL at any moment therefore leaves an index that opens,
+agrees with itself, and completes on the next run.
 
 Processes share an index as readers and one writer. A reader never writes: its SQLite connection
 is read-only and it reconciles in memory only, so it cannot save an older vector file over the
@@ -41,6 +45,8 @@ from engine.documents import (
 )
 from engine.embed_text import embedded_text
 from engine.embedding import EmbeddingService
+from engine.embedding.pruning import ReplacedChunks
+from engine.errors import DocumentNotFoundError
 from engine.fsutil import atomic_write_bytes, temp_files
 from engine.index.documents_mode import rank_documents, top_documents, with_matches
 from engine.index.errors import (
@@ -73,14 +79,39 @@ from engine.store import (
     parse_filters,
     split_filter_text,
 )
+from engine.store.factory import (
+    DEFAULT_BACKEND,
+    check_backend,
+    create_store,
+    discard_store,
+    index_type_for,
+    is_shared,
+    open_store,
+    recorded_settings,
+    saved_elsewhere,
+)
+from engine.store.filters import Filter
+from engine.store.vector_base import (
+    ChunkFields,
+    VectorStore,
+    VectorStoreCorruptError,
+    VectorStoreError,
+    VectorStoreMissingError,
+    VectorStoreVersionError,
+    Where,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DATABASE = "meta.sqlite"
 VECTORS = "vectors.esvs"
+# SQLite meta key of the commit generation (see the module docstring).
+GENERATION = "generation"
 # Chunks embedded per group: big enough for full model batches, small enough that progress and
 # cancellation stay responsive and a crash loses little work.
 GROUP_CHUNKS = 256
+# The type of documents given by key rather than found in a folder (engine/index/ingest.py).
+KEYED_DOC_TYPE = "api"
 SAVE_EVERY_S = 5.0
 # Over-fetch factor for hybrid search: each ranking contributes this many times k candidates.
 HYBRID_DEPTH = 4
@@ -100,6 +131,7 @@ class IndexStats:
     last_indexed: float | None
     path: Path
     source: str | None = None
+    backend: str = DEFAULT_BACKEND
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "path": str(self.path)}
@@ -137,20 +169,18 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     atomic_write_bytes(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
 
 
-def new_vector_store(config: Config, dim: int, index_type: str) -> Any:
-    from engine.store.faiss_store import FaissVectorStore
+def backend_of(manifest: dict[str, Any]) -> str:
+    """The backend an index was built on (indexes older than the choice are FAISS)."""
+    return str(manifest.get("backend") or DEFAULT_BACKEND)
 
-    opts = config.index
-    return FaissVectorStore(
-        dim,
-        index_type,
-        hnsw_m=opts["hnsw_m"],
-        hnsw_ef_search=opts["hnsw_ef_search"],
-        hnsw_ef_construction=opts["hnsw_ef_construction"],
-        ivf_nlist=opts["ivf_nlist"],
-        ivf_nprobe=opts["ivf_nprobe"],
-        auto_hnsw_threshold=opts["auto_hnsw_threshold"],
-    )
+
+def store_settings(config: Config, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The config's settings for the index's backend under what its manifest recorded: the
+    recorded ones (server, graph parameters) win; credentials come from the config."""
+    backend = backend_of(manifest)
+    settings = {**config.store_settings(backend), **(manifest.get("store") or {})}
+    settings["type"] = manifest["index_type"]
+    return settings
 
 
 def relative_key_path(file: Path, source: Path) -> str:
@@ -169,7 +199,7 @@ def relative_key_path(file: Path, source: Path) -> str:
 
 # Manifest entries a new index takes from its model and the config; a run that fails before its
 # first commit must not pin them (see IndexManager.open_or_create).
-PINNED_SETTINGS = ("model", "dimension", "index_type", "chunk_tokens", "chunk_overlap")
+PINNED_SETTINGS = ("model", "dimension", "backend", "index_type", "chunk_tokens", "chunk_overlap")
 
 
 def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -183,7 +213,6 @@ class NewIndex:
 
     model: EmbeddingModel
     manifest: dict[str, Any]
-    vectors: Any
     chunker: Chunker | None
 
 
@@ -220,7 +249,7 @@ class CorpusIndex:
         model: EmbeddingModel,
         manifest: dict[str, Any],
         store: MetadataStore,
-        vectors: Any,
+        vectors: VectorStore,
     ) -> None:
         self.name = name
         self.folder = folder
@@ -249,6 +278,10 @@ class CorpusIndex:
     def index_type(self) -> str:
         return str(self.manifest["index_type"])
 
+    @property
+    def backend(self) -> str:
+        return backend_of(self.manifest)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     @staticmethod
@@ -258,12 +291,19 @@ class CorpusIndex:
         service: EmbeddingService,
         model_name: str | None = None,
         index_type: str | None = None,
+        backend: str | None = None,
     ) -> NewIndex:
-        """Everything a new index pins (model, vector layout, chunking), checked before anything
-        is written, so a bad setting fails here and leaves nothing behind."""
+        """Everything a new index pins (model, backend, vector layout, chunking), checked before
+        anything is written, so a bad setting fails here and leaves nothing behind. The store
+        itself is made by `create`, under the writer lock (a Milvus collection is a write)."""
         model = await service.model(model_name)
-        index_type = index_type or config.index["type"]
-        vectors = await asyncio.to_thread(new_vector_store, config, model.dimension, index_type)
+        try:
+            backend = check_backend(backend or config.index_backend)
+            settings = config.store_settings(backend)
+            index_type = index_type_for(backend, index_type, settings)
+            recorded = recorded_settings(backend, {**settings, "type": index_type})
+        except ValueError as exc:
+            raise IndexSourceError(f"{exc} (nothing was written)") from exc
         chunker = None
         if model.folder is not None:
             chunker = await asyncio.to_thread(
@@ -279,6 +319,8 @@ class CorpusIndex:
             "model": model.name,
             "fingerprint": model.fingerprint.to_dict(),
             "dimension": model.dimension,
+            "backend": backend,
+            "store": recorded,
             "index_type": index_type,
             "chunk_tokens": config.index["chunk_tokens"],
             "chunk_overlap": config.index["chunk_overlap"],
@@ -288,7 +330,7 @@ class CorpusIndex:
             "created": time.time(),
             "last_indexed": None,
         }
-        return NewIndex(model, manifest, vectors, chunker)
+        return NewIndex(model, manifest, chunker)
 
     @classmethod
     async def create(
@@ -302,11 +344,17 @@ class CorpusIndex:
         """Write a planned index into `folder`; the caller holds the folder's writer lock."""
         folder.mkdir(parents=True, exist_ok=True)
         manifest = dict(plan.manifest)
-        store = await asyncio.to_thread(MetadataStore, folder / DATABASE, name=name)
-        store.set_manifest(manifest)
-        await asyncio.to_thread(plan.vectors.save, folder / VECTORS)
+        vectors = await asyncio.to_thread(_new_vectors, name, config, manifest)
+        try:
+            store = await asyncio.to_thread(MetadataStore, folder / DATABASE, name=name)
+            store.set_manifest(manifest)
+            store.set_meta(GENERATION, 0)
+            await asyncio.to_thread(vectors.save, folder / VECTORS)
+        except BaseException:
+            vectors.close()
+            raise
         write_manifest(folder, manifest)
-        index = cls(name, folder, config, service, plan.model, manifest, store, plan.vectors)
+        index = cls(name, folder, config, service, plan.model, manifest, store, vectors)
         index._chunker = plan.chunker
         return index
 
@@ -349,6 +397,7 @@ class CorpusIndex:
         for store in (*self._retired, self.store):
             store.close()
         self._retired.clear()
+        self.vectors.close()
 
     def replaced(self) -> bool:
         """True when another process removed or rebuilt this index since it was opened here."""
@@ -358,7 +407,8 @@ class CorpusIndex:
             manifest = read_manifest(self.folder, self.name)
         except CorpusIndexError:
             return True
-        return manifest.get("created") != self.manifest.get("created")
+        # A migration switches the backend in place: the old store is then dropped.
+        return any(manifest.get(k) != self.manifest.get(k) for k in ("created", "backend", "store"))
 
     @asynccontextmanager
     async def writing(
@@ -384,8 +434,6 @@ class CorpusIndex:
     async def _catch_up(self) -> None:
         """Before a write: reload what other writers saved since this object read it, switch
         to a writable connection, and save what an in-memory reconcile changed."""
-        from engine.store.faiss_store import FaissVectorStore
-
         if self.replaced():
             raise CorpusIndexError(
                 f"index '{self.name}' was removed or rebuilt by another process since it was "
@@ -404,33 +452,48 @@ class CorpusIndex:
                 MetadataStore, self.folder / DATABASE, name=self.name, verify=False
             )
         # A local store's file may have been saved by another writer; a remote one is shared.
-        local = isinstance(self.vectors, FaissVectorStore)
-        if local and FaissVectorStore.file_digest(self.folder / VECTORS) != self.vectors.digest:
+        if saved_elsewhere(self.vectors, self.folder / VECTORS):
+            old = self.vectors
             self.vectors = await asyncio.to_thread(
                 _open_vectors, self.folder, self.name, self.config, manifest
             )
+            old.close()
             self._dirty = False
         await self.reconcile()
         if self._dirty:
             await asyncio.to_thread(self._save)
 
     async def reconcile(self) -> tuple[int, int]:
-        """Make FAISS hold exactly SQLite's chunk ids: (vectors added, vectors removed).
+        """Make the store hold exactly SQLite's chunk ids: (vectors added, vectors removed).
 
         Only a writer saves the result; a reader keeps it in memory, so it never replaces the
-        vector file that a writer in another process is producing."""
+        vector file that a writer in another process is producing. A shared (remote) store is
+        repaired by the writer alone: a reader leaves it as it is, and is not listed at all
+        while its generation matches SQLite's."""
+        generation = await asyncio.to_thread(self.store.get_meta, GENERATION)
+        shared = is_shared(self.backend)
+        if shared and (self._writer is None or generation == self.vectors.generation):
+            return 0, 0
         sql_ids = await asyncio.to_thread(self.store.chunk_ids)
-        vec_ids = self.vectors.ids()
+        vec_ids = await asyncio.to_thread(self.vectors.ids)
         extra = np.setdiff1d(vec_ids, sql_ids)
         missing = np.setdiff1d(sql_ids, vec_ids)
         if extra.size:
-            self.vectors.remove(extra)
+            await asyncio.to_thread(self.vectors.remove, extra)
+        fields = _FieldCache(self.store) if self.vectors.pushes_filters else None
         for start in range(0, missing.size, 1024):
             batch = missing[start : start + 1024]
             texts = await asyncio.to_thread(self.store.chunk_texts, batch)
             vecs = await self.service.encode(texts, self.model_name)
-            self.vectors.add(batch, vecs)
-        if extra.size or missing.size:
+            rows = await asyncio.to_thread(fields.of, batch) if fields else None
+            await asyncio.to_thread(self.vectors.add, batch, vecs, rows)
+        if self._writer is not None and generation != self.vectors.generation:
+            if generation is None:  # an index from before generations: start counting
+                await asyncio.to_thread(self.store.set_meta, GENERATION, self.vectors.generation)
+            else:
+                await asyncio.to_thread(self.vectors.set_generation, int(generation))
+                self._dirty = True
+        if extra.size or missing.size or self._dirty:
             if self._writer is not None:
                 await asyncio.to_thread(self._save)
             else:
@@ -502,6 +565,7 @@ class CorpusIndex:
         # Files whose bytes match are skipped unparsed, unless the loaders changed since.
         trust_hashes = self.manifest.get("loader_version") == LOADER_VERSION
         state = {"files": 0, "chunks": 0, "tokens": 0}
+        replaced = ReplacedChunks(self.store, self.service, self.model_name)
 
         def emit(phase: str, current: str = "") -> None:
             if progress is None:
@@ -539,6 +603,7 @@ class CorpusIndex:
                 return
             texts = [embedded_text(c.title, c.text) for item in items for c in item.chunks]
             vecs = await self.service.encode(texts, self.model_name) if texts else None
+            await asyncio.to_thread(replaced.note_documents, [i.doc.key for i in items])
             await asyncio.to_thread(self._commit, items, vecs)
             state["chunks"] += len(texts)
             state["tokens"] += sum(c.n_tokens for item in items for c in item.chunks)
@@ -570,6 +635,7 @@ class CorpusIndex:
                         self.store.set_file_hash, prepared.unchanged, prepared.file_hash
                     )
                 if prepared.stale:
+                    await asyncio.to_thread(replaced.note_documents, prepared.stale)
                     await self._delete(prepared.stale)
                     report.removed += len(prepared.stale)
                 for pending in prepared.to_embed:
@@ -595,14 +661,17 @@ class CorpusIndex:
             if not report.cancelled:
                 # A folder left out (unlistable, say) keeps what the index has of it.
                 kept = tuple(p for p in seen if p.endswith("/"))
+                # Documents a client gave by key (the server's PUT) belong to no folder.
                 gone = [
                     key
                     for path, rows in by_path.items()
                     if path not in seen and not path.startswith(kept)
-                    for key in rows
+                    for key, row in rows.items()
+                    if row.doc_type != KEYED_DOC_TYPE
                 ]
                 if gone:
                     emit("removing")
+                    await asyncio.to_thread(replaced.note_documents, gone)
                     await self._delete(gone)
                     report.removed += len(gone)
             failed = False
@@ -611,6 +680,7 @@ class CorpusIndex:
                 in_flight.cancel()
             emit("saving")
             await asyncio.to_thread(self._save, source, report.cancelled or failed)
+            await replaced.prune()
         report.model_calls = self._model_batches() - batches_before
         report.seconds = time.perf_counter() - started
         emit("done")
@@ -661,13 +731,23 @@ class CorpusIndex:
             for d in docs
             if d.key not in existing or existing[d.key].content_hash != d.content_hash
         ]
+        to_embed = self._pending(changed, fingerprint)
+        loaded = {d.key for d in docs}
+        changed_keys = {d.key for d in changed}
+        unchanged = [d.key for d in docs if d.key not in changed_keys]
+        stale = [key for key in existing if key not in loaded]
+        rows_left_out = [FileFailure(rel, e.reason) for e in skipped]
+        return _Prepared(rel, to_embed, unchanged, stale, fingerprint, skipped=rows_left_out)
+
+    def _pending(self, docs: list[LoadedDocument], file_hash: str | None = None) -> list[_Pending]:
+        """Each document's chunks, as they will be embedded: behind the document's title, whose
+        tokens are held back from every chunk (one longer than half a chunk is cut there).
+        ``file_hash`` None: each document's own content hash (documents given by key)."""
         chunker = self._chunker_for()
-        # Every chunk of a titled document is embedded behind its title, so the title's tokens
-        # are held back from each chunk; one longer than half a chunk is cut there.
-        titles = [chunker.head(d.indexed_title, chunker.max_tokens // 2) for d in changed]
-        chunked = chunker.chunk_many([d.text for d in changed], [n for _, n in titles])
-        to_embed = []
-        for doc, chunks, (title, _) in zip(changed, chunked, titles, strict=True):
+        titles = [chunker.head(d.indexed_title, chunker.max_tokens // 2) for d in docs]
+        chunked = chunker.chunk_many([d.text for d in docs], [n for _, n in titles])
+        items = []
+        for doc, chunks, (title, _) in zip(docs, chunked, titles, strict=True):
             rows = [
                 ChunkIn(
                     ordinal=c.ordinal,
@@ -681,33 +761,45 @@ class CorpusIndex:
                 for c in chunks
                 if c.text.strip()
             ]
-            to_embed.append(_Pending(doc, rows, fingerprint))
-        loaded = {d.key for d in docs}
-        changed_keys = {d.key for d in changed}
-        unchanged = [d.key for d in docs if d.key not in changed_keys]
-        stale = [key for key in existing if key not in loaded]
-        rows_left_out = [FileFailure(rel, e.reason) for e in skipped]
-        return _Prepared(rel, to_embed, unchanged, stale, fingerprint, skipped=rows_left_out)
+            items.append(_Pending(doc, rows, doc.content_hash if file_hash is None else file_hash))
+        return items
 
     def _commit(self, items: list[_Pending], vecs: np.ndarray | None) -> None:
-        """SQLite first (one transaction), then FAISS: a crash in between is reconciled."""
+        """SQLite first (one transaction with the next generation), then the vectors, then the
+        store records that generation: a crash in between is reconciled."""
         new_ids: list[int] = []
         removed: list[int] = []
+        fields: list[ChunkFields] = []
         with self.store.transaction():
             for item in items:
                 doc_in = _document_in(item.doc, item.file_hash)
                 _, ids, old = self.store.replace_document(doc_in, item.chunks)
                 new_ids.extend(ids)
                 removed.extend(old)
+                fields.extend([ChunkFields.of(doc_in)] * len(ids))
+            generation = self._next_generation()
         if removed:
             self.vectors.remove(np.asarray(removed, dtype=np.int64))
         if new_ids and vecs is not None:
-            self.vectors.add(np.asarray(new_ids, dtype=np.int64), vecs)
+            self.vectors.add(np.asarray(new_ids, dtype=np.int64), vecs, fields)
+        self.vectors.set_generation(generation)
 
-    async def _delete(self, keys: list[str]) -> None:
-        removed = await asyncio.to_thread(self.store.delete_documents, keys)
+    def _delete_sync(self, keys: list[str]) -> None:
+        with self.store.transaction():
+            removed = self.store.delete_documents(keys)
+            generation = self._next_generation()
         if removed:
             self.vectors.remove(np.asarray(removed, dtype=np.int64))
+        self.vectors.set_generation(generation)
+
+    async def _delete(self, keys: list[str]) -> None:
+        await asyncio.to_thread(self._delete_sync, keys)
+
+    def _next_generation(self) -> int:
+        """Inside a SQLite transaction: bump and return the commit generation."""
+        generation = int(self.store.get_meta(GENERATION) or 0) + 1
+        self.store.set_meta(GENERATION, generation)
+        return generation
 
     def _save(self, source: Path | None = None, cancelled: bool = False) -> None:
         """Vectors, and with `source` the manifest of a run (`cancelled`: it did not finish)."""
@@ -717,6 +809,7 @@ class CorpusIndex:
         self._dirty = False
         if source is None:
             return
+        self.vectors.optimize()
         stats = self.store.stats()
         self.manifest.update(
             source=str(source),
@@ -745,6 +838,7 @@ class CorpusIndex:
             last_indexed=self.manifest.get("last_indexed"),
             path=self.folder,
             source=self.manifest.get("source"),
+            backend=self.backend,
         )
 
     def document(self, key: str) -> DocumentRow | None:
@@ -754,17 +848,20 @@ class CorpusIndex:
         """A chunk and all chunks of its document in order, for the detail view."""
         rows = self.store.chunks_by_ids([chunk_id])
         if not rows:
-            raise KeyError(f"no chunk {chunk_id} in index '{self.name}'")
+            raise DocumentNotFoundError(f"no chunk {chunk_id} in index '{self.name}'")
         siblings = self.store.chunks_by_ids(self.store.chunks_of_document(rows[0].doc_key))
         return rows[0], siblings
 
     def _candidates(self, filters: Sequence[str] | str | None) -> np.ndarray | None:
+        flt = self._filter(filters)
+        return self.store.filter_chunk_ids(flt) if flt else None
+
+    @staticmethod
+    def _filter(filters: Sequence[str] | str | None) -> Filter:
         if not filters:
-            return None
+            return Filter()
         items = split_filter_text(filters) if isinstance(filters, str) else list(filters)
-        if not items:
-            return None
-        return self.store.filter_chunk_ids(parse_filters(items))
+        return parse_filters(items) if items else Filter()
 
     async def search(
         self,
@@ -788,6 +885,7 @@ class CorpusIndex:
         candidates = await asyncio.to_thread(self._candidates, filters) if filters else None
         if candidates is not None and candidates.size == 0:
             return SearchResults()
+        flt = self._filter(filters)
         depth = k if mode != "hybrid" else k * HYBRID_DEPTH
         ranked: list[tuple[int, float]]
         vector_ranking: list[tuple[int, float]] = []
@@ -803,11 +901,13 @@ class CorpusIndex:
                 mode = "keyword"
         if per == "document":
             hits = await asyncio.to_thread(
-                self._document_hits, mode, k, depth, query, qvec, candidates
+                self._document_hits, mode, k, depth, query, qvec, candidates, flt
             )
             return SearchResults(hits, degraded="keyword" if reason else None, reason=reason)
         if qvec is not None:
-            vector_ranking = await asyncio.to_thread(self._vector_search, qvec, depth, candidates)
+            vector_ranking = await asyncio.to_thread(
+                self._vector_search, qvec, depth, candidates, flt
+            )
         if mode in ("keyword", "hybrid"):
             keyword_ranking = await asyncio.to_thread(
                 self.store.keyword_search, query, depth, candidates
@@ -826,13 +926,26 @@ class CorpusIndex:
         return SearchResults(hits, degraded="keyword" if reason else None, reason=reason)
 
     def _vector_search(
-        self, qvec: np.ndarray, k: int, candidates: np.ndarray | None
+        self,
+        qvec: np.ndarray,
+        k: int,
+        candidates: np.ndarray | None,
+        flt: Filter | None = None,
+        exclude: np.ndarray | None = None,
     ) -> list[tuple[int, float]]:
-        # A k past the index size would only allocate padding: ask FAISS for what exists.
+        """``candidates``: SQLite's ids for the user filter ``flt`` less ``exclude`` (None: no
+        filter). A local store searches among them; a pushdown store evaluates ``flt`` and
+        ``exclude`` itself, so SQLite's ids are never shipped to a server."""
+        # A k past the index size would only allocate padding: ask for what exists.
         k = min(k, self.vectors.count if candidates is None else int(candidates.size))
         if k < 1:
             return []
-        scores, ids = self.vectors.search(qvec, k, candidates)
+        if candidates is None or not flt:
+            scores, ids = self.vectors.search(qvec, k, candidates)
+        else:
+            left_out = () if exclude is None else exclude
+            where = Where(flt, resolve=lambda _: candidates, exclude=left_out)
+            scores, ids = self.vectors.search(qvec, k, where=where)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1]
 
     def _document_hits(
@@ -843,11 +956,12 @@ class CorpusIndex:
         query: str,
         qvec: np.ndarray | None,
         candidates: np.ndarray | None,
+        flt: Filter,
     ) -> list[SearchHit]:
         available = self.vectors.count if candidates is None else int(candidates.size)
         vector = None
         if qvec is not None:
-            vector = partial(self._vector_search, qvec, candidates=candidates)
+            vector = partial(self._vector_search, qvec, candidates=candidates, flt=flt)
         ranked = rank_documents(
             self.store,
             mode,
@@ -911,18 +1025,19 @@ class CorpusIndex:
             limits.check_query(target, "the document key")
             own = await asyncio.to_thread(self.store.chunks_of_document, target)
             if not own:
-                raise KeyError(f"no document '{target}' in index '{self.name}'")
+                raise DocumentNotFoundError(f"no document '{target}' in index '{self.name}'")
         else:
             rows = []
             if 0 <= int(target) < 2**63:  # chunk ids are SQLite integers; no other id exists
                 rows = await asyncio.to_thread(self.store.chunks_by_ids, [int(target)])
             if not rows:
-                raise KeyError(f"no chunk {target} in index '{self.name}'")
+                raise DocumentNotFoundError(f"no chunk {target} in index '{self.name}'")
             own = await asyncio.to_thread(self.store.chunks_of_document, rows[0].doc_key)
         source_ids = np.asarray(own if isinstance(target, str) else [int(target)], dtype=np.int64)
-        vec = self.vectors.fetch(source_ids).mean(axis=0, keepdims=True)
+        vec = (await asyncio.to_thread(self.vectors.fetch, source_ids)).mean(axis=0, keepdims=True)
         vec /= max(float(np.linalg.norm(vec)), 1e-12)
         candidates = await asyncio.to_thread(self._candidates, filters)
+        flt = self._filter(filters)
         own_ids = np.asarray(own, dtype=np.int64)
         query = vec.astype(np.float32)
         skip = set(own)
@@ -933,7 +1048,7 @@ class CorpusIndex:
 
         def neighbours(depth: int) -> list[tuple[int, float]]:
             if candidates is not None:
-                return self._vector_search(query, depth, candidates)
+                return self._vector_search(query, depth, candidates, flt, own_ids)
             found = self._vector_search(query, depth + len(skip), None)
             return [(i, s) for i, s in found if i not in skip][:depth]
 
@@ -999,16 +1114,104 @@ def _open_store(folder: Path, name: str) -> MetadataStore:
         raise IndexVersionError(str(exc)) from exc
 
 
-def _open_vectors(folder: Path, name: str, config: Config, manifest: dict[str, Any]) -> Any:
-    from engine.store.faiss_store import FaissVectorStore
-    from engine.store.vector_base import VectorStoreCorruptError, VectorStoreVersionError
-
-    path = folder / VECTORS
-    if not path.is_file():
-        return new_vector_store(config, int(manifest["dimension"]), manifest["index_type"])
+def discard_vectors(folder: Path, name: str, config: Config, manifest: dict[str, Any]) -> None:
+    """What `repair` does first: drop the index's vectors wherever they live (they are rebuilt
+    from SQLite and the embedding cache); the caller holds the writer lock."""
+    backend = backend_of(manifest)
     try:
-        return FaissVectorStore.open(path, name=name)
+        discard_store(
+            backend,
+            store_settings(config, manifest),
+            int(manifest["dimension"]),
+            name=name,
+            path=folder / VECTORS,
+        )
+    except VectorStoreError as exc:
+        raise CorpusIndexError(str(exc)) from exc
+
+
+def destroy_vectors(folder: Path, name: str, config: Config, manifest: dict[str, Any]) -> None:
+    """What `rm-index` does before the folder goes: drop a shared store's data on its server
+    (a local file goes with the folder). Raises CorpusIndexError naming the server when it
+    cannot be reached, before anything is removed."""
+    backend = backend_of(manifest)
+    if not is_shared(backend):
+        return
+    try:
+        store = open_store(
+            backend,
+            store_settings(config, manifest),
+            int(manifest["dimension"]),
+            name=name,
+            path=folder / VECTORS,
+        )
+    except VectorStoreMissingError:
+        return
+    except VectorStoreError as exc:
+        raise CorpusIndexError(f"{exc} (nothing was removed)") from exc
+    try:
+        store.destroy()
+    except VectorStoreError as exc:
+        raise CorpusIndexError(f"{exc} (nothing was removed)") from exc
+    finally:
+        store.close()
+
+
+def _new_vectors(name: str, config: Config, manifest: dict[str, Any]) -> VectorStore:
+    """A new, empty store for a new index (under its writer lock): a collection left on a
+    server by an index of the same name that is gone is emptied, never adopted."""
+    backend = backend_of(manifest)
+    try:
+        return create_store(
+            backend,
+            store_settings(config, manifest),
+            int(manifest["dimension"]),
+            name=name,
+            index_type=manifest["index_type"],
+            replace=True,
+        )
+    except ValueError as exc:
+        raise IndexSourceError(f"index '{name}': {exc}") from exc
+    except VectorStoreError as exc:
+        raise CorpusIndexError(str(exc)) from exc
+
+
+def _open_vectors(folder: Path, name: str, config: Config, manifest: dict[str, Any]) -> VectorStore:
+    """The index's store on the backend it was built on. A missing local file opens as an empty
+    store (reconcile re-adds SQLite's chunks from the cache); a missing remote collection is an
+    error naming the server, since only `repair` may write there."""
+    backend = backend_of(manifest)
+    try:
+        return open_store(
+            backend,
+            store_settings(config, manifest),
+            int(manifest["dimension"]),
+            name=name,
+            path=folder / VECTORS,
+            missing_ok=not is_shared(backend),
+        )
     except VectorStoreCorruptError as exc:
         raise IndexCorruptError(str(exc)) from exc
     except VectorStoreVersionError as exc:
         raise IndexVersionError(str(exc)) from exc
+    except VectorStoreMissingError as exc:
+        raise IndexCorruptError(str(exc)) from exc
+    except VectorStoreError as exc:
+        raise CorpusIndexError(str(exc)) from exc
+    except ValueError as exc:
+        raise CorpusIndexError(f"index '{name}': {exc}") from exc
+
+
+class _FieldCache:
+    """The filterable document fields of chunks, read from SQLite once per document: what a
+    pushdown store needs beside each re-added or copied vector."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self._store = store
+        self._docs: dict[int, ChunkFields] | None = None
+
+    def of(self, ids: np.ndarray) -> list[ChunkFields]:
+        if self._docs is None:
+            self._docs = {row.id: ChunkFields.of(row) for row in self._store.iter_documents()}
+        owner = self._store.chunk_documents(ids.tolist())
+        return [self._docs[owner[int(i)]] for i in ids]

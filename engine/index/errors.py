@@ -2,33 +2,56 @@
 
 from __future__ import annotations
 
+from engine.errors import BadRequestError, ConflictError, EmbedscopeError, NotFoundError
 
-class CorpusIndexError(Exception):
+
+class CorpusIndexError(EmbedscopeError):
     """Base class: an index cannot be opened or used as asked."""
 
+    code = "index_error"
+    status = 400
 
-class IndexNotFoundError(CorpusIndexError):
-    pass
+
+class IndexNameError(CorpusIndexError, BadRequestError):
+    code = "bad_index_name"
+
+
+class IndexNotFoundError(CorpusIndexError, NotFoundError):
+    """Still a KeyError, as "not found" was before the error family."""
+
+    code = "index_not_found"
+    status = 404
+
+
+class IndexExistsError(CorpusIndexError, ConflictError):
+    code = "index_exists"
+    status = 409
 
 
 class IndexCorruptError(CorpusIndexError):
-    pass
+    code = "index_corrupt"
+    status = 503
 
 
 class IndexVersionError(CorpusIndexError):
-    pass
+    code = "index_version"
+    status = 409
 
 
 class IndexModelMismatchError(CorpusIndexError):
-    pass
+    code = "index_model_mismatch"
+    status = 409
 
 
 class IndexSourceError(CorpusIndexError):
-    pass
+    code = "index_source"
 
 
-class IndexLockedError(CorpusIndexError):
+class IndexLockedError(CorpusIndexError, ConflictError):
     """Another process (or another task of this one) is writing the index."""
+
+    code = "index_locked"
+    status = 409
 
     def __init__(self, name: str, pid: int | None) -> None:
         self.name = name

@@ -26,6 +26,9 @@ from engine.index.corpus import (
     VECTORS,
     CorpusIndex,
     IndexStats,
+    backend_of,
+    destroy_vectors,
+    discard_vectors,
     folder_bytes,
     read_manifest,
     same_settings,
@@ -34,6 +37,8 @@ from engine.index.corpus import (
 from engine.index.errors import (
     CorpusIndexError,
     IndexCorruptError,
+    IndexExistsError,
+    IndexNameError,
     IndexNotFoundError,
     IndexSourceError,
 )
@@ -50,7 +55,7 @@ ABANDONED_AFTER_S = 60.0
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise CorpusIndexError(
+        raise IndexNameError(
             f"index name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
@@ -96,6 +101,7 @@ class IndexManager:
                     last_indexed=m.get("last_indexed"),
                     path=folder,
                     source=m.get("source"),
+                    backend=backend_of(m),
                 )
             )
         return out
@@ -131,8 +137,9 @@ class IndexManager:
         index_type: str | None = None,
         *,
         wait: bool = False,
+        backend: str | None = None,
     ) -> CorpusIndex:
-        return await self._create(name, model, index_type, wait, reuse=False)
+        return await self._create(name, model, index_type, wait, reuse=False, backend=backend)
 
     async def open_or_create(
         self,
@@ -141,25 +148,35 @@ class IndexManager:
         index_type: str | None = None,
         *,
         wait: bool = False,
+        backend: str | None = None,
     ) -> CorpusIndex:
         """For a writer. An index that holds no documents yet (say its first run failed before
-        its first commit) pins nothing: if today's model or settings differ, it is made anew."""
+        its first commit) pins nothing: if today's model or settings differ, it is made anew.
+        ``backend``: for a new index (default ``index.backend``); an existing one keeps its own."""
         if (self.folder(name) / MANIFEST).is_file() and not _holds_nothing(self.folder(name)):
             return await self.open(name, model)
-        return await self._create(name, model, index_type, wait, reuse=True)
+        return await self._create(name, model, index_type, wait, reuse=True, backend=backend)
 
     async def _create(
-        self, name: str, model: str | None, index_type: str | None, wait: bool, reuse: bool
+        self,
+        name: str,
+        model: str | None,
+        index_type: str | None,
+        wait: bool,
+        reuse: bool,
+        backend: str | None = None,
     ) -> CorpusIndex:
         folder = self.folder(name)
-        plan = await CorpusIndex.plan(name, self.config, self.service, model, index_type)
+        plan = await CorpusIndex.plan(
+            name, self.config, self.service, model, index_type, backend
+        )
         async with self._lock:
             self.root.mkdir(parents=True, exist_ok=True)
             folder.mkdir(exist_ok=True)
             async with WriterLock(folder, name).holding(wait):
                 if (folder / MANIFEST).is_file():
                     if not reuse:
-                        raise CorpusIndexError(
+                        raise IndexExistsError(
                             f"index '{name}' already exists; open it, or "
                             f"`embedscope rm-index {name}`"
                         )
@@ -185,6 +202,12 @@ class IndexManager:
             )
         async with self._lock, WriterLock(folder, name).holding(wait):
             self._drop(name)
+            try:
+                manifest = read_manifest(folder, name)
+            except CorpusIndexError:
+                manifest = None
+            if manifest is not None:
+                await asyncio.to_thread(destroy_vectors, folder, name, self.config, manifest)
             trash = self.root / f".{name}.removing-{time.time_ns()}"
             folder.rename(trash)
         await asyncio.to_thread(shutil.rmtree, trash, True)
@@ -216,7 +239,7 @@ class IndexManager:
                 if part.exists():
                     part.rename(part.with_name(part.name + f".damaged-{time.time_ns()}"))
             actions.append("database was damaged: set aside, rebuilt from the source files")
-        (folder / VECTORS).unlink(missing_ok=True)
+        await asyncio.to_thread(discard_vectors, folder, name, self.config, manifest)
         actions.append("vectors rebuilt from the database and the embedding cache")
         source = manifest.get("source")
         manifest.update(source=None, documents=0, chunks=0)
@@ -227,7 +250,12 @@ class IndexManager:
         report: IndexReport | None = None
         if not db.exists():
             plan = await CorpusIndex.plan(
-                name, self.config, self.service, manifest["model"], manifest["index_type"]
+                name,
+                self.config,
+                self.service,
+                manifest["model"],
+                manifest["index_type"],
+                backend_of(manifest),
             )
             index = await CorpusIndex.create(name, folder, self.config, self.service, plan)
             async with index.writing(lock=lock):
@@ -264,6 +292,12 @@ class IndexManager:
         if not above.is_dir():
             raise CorpusIndexError(f"cannot write snapshot {target}: {above} is not a folder")
         index = await self.open(name)
+        if index.backend != "faiss":
+            raise CorpusIndexError(
+                f"index '{name}' keeps its vectors on a {index.backend} server, which a "
+                "snapshot archive does not hold; back the server up with its own tools, or "
+                f"`embedscope migrate {name} --to faiss` first and snapshot that"
+            )
         async with index.writing(wait):
             return await asyncio.to_thread(write_snapshot, index.folder, name, target)
 
@@ -311,7 +345,7 @@ class IndexManager:
 
     @staticmethod
     def _taken(name: str) -> CorpusIndexError:
-        return CorpusIndexError(
+        return IndexExistsError(
             f"index '{name}' already exists; `embedscope rm-index {name}` first "
             "or restore under another name with --name"
         )

@@ -29,7 +29,14 @@ import numpy as np
 
 from engine.embedding import EmbeddingService
 from engine.fsutil import atomic_write, fsync_dir
-from engine.index.corpus import DATABASE, FORMAT_VERSION, MANIFEST, VECTORS, write_manifest
+from engine.index.corpus import (
+    DATABASE,
+    FORMAT_VERSION,
+    MANIFEST,
+    VECTORS,
+    backend_of,
+    write_manifest,
+)
 from engine.index.errors import CorpusIndexError
 from engine.models import ModelError
 from engine.models.sources import sha256_file
@@ -365,8 +372,12 @@ def _unpacked_manifest(staging: Path, refuse: Refuse) -> dict[str, Any]:
 
 
 def _check_unpacked(staging: Path, manifest: dict[str, Any], refuse: Refuse) -> None:
-    from engine.store.faiss_store import FaissVectorStore
-    from engine.store.vector_base import VectorStoreCorruptError, VectorStoreVersionError
+    from engine.store.factory import open_store
+    from engine.store.vector_base import (
+        VectorStoreCorruptError,
+        VectorStoreError,
+        VectorStoreVersionError,
+    )
 
     db = staging / DATABASE
     try:
@@ -391,19 +402,23 @@ def _check_unpacked(staging: Path, manifest: dict[str, Any], refuse: Refuse) -> 
         ) from exc
     except StoreError as exc:
         raise refuse(f"its database cannot be read ({exc})") from exc
+    # Archives hold a vector file, so only indexes on a local backend are ever snapshotted.
+    backend = backend_of(manifest)
+    if backend != "faiss":
+        raise refuse(f"it names the {backend!r} backend, whose vectors no archive holds")
     try:
-        vectors = FaissVectorStore.open(staging / VECTORS)
-    except VectorStoreCorruptError as exc:
+        vectors = open_store(
+            backend, {}, manifest["dimension"], name="restore", path=staging / VECTORS
+        )
+    except VectorStoreCorruptError as exc:  # a wrong dimension included
         raise refuse(f"its vector file is damaged ({exc.reason})") from exc
     except VectorStoreVersionError as exc:
         raise refuse(
             f"its vector file has format version {exc.found}, newer than this embedscope reads "
             f"({exc.supported}); upgrade embedscope"
         ) from exc
-    if vectors.dim != manifest["dimension"]:
-        raise refuse(
-            f"its vectors have {vectors.dim} dimensions, its manifest says {manifest['dimension']}"
-        )
+    except VectorStoreError as exc:
+        raise refuse(f"its vector file cannot be read ({exc})") from exc
     vec_ids = vectors.ids()
     if not np.array_equal(sql_ids, vec_ids):
         raise refuse(

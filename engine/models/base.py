@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import ModelUnavailableError
 
-class ModelError(RuntimeError):
+
+class ModelError(ModelUnavailableError):
     """A model cannot be found, verified or loaded; the message says where it looked and the fix."""
 
 

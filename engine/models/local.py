@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.models.allocator import tune_allocator
 from engine.models.base import Fingerprint, ModelError, ModelInfo
 from engine.models.threaded import ThreadedModel
 
@@ -97,8 +98,12 @@ class SentenceTransformerModel(ThreadedModel):
         trust_remote_code: bool = False,
         source: str = "",
         onnx_dir: Path | None = None,
+        int8: bool = False,
     ) -> None:
         super().__init__(name, location, fingerprint, source)
+        # int8 (see `quantized`): every batch on the quantised export in `onnx_dir`, never torch,
+        # whose fp32 vectors are another model's.
+        self._int8 = int8
         self._requested_device = device
         self._trust_remote_code = trust_remote_code
         self._device = "not loaded"
@@ -112,6 +117,11 @@ class SentenceTransformerModel(ThreadedModel):
         self._long_on_onnx_s = 0.0
 
     def _load_sync(self) -> Any:
+        tune_allocator()
+        if self._int8 and self._onnx_dir is not None:
+            self._device = "cpu"
+            self._runner = self._int8_runner(self._onnx_dir)
+            return self._runner
         self._device = pick_device(self._requested_device)
         if self._device == "cpu" and self._onnx_dir is not None:
             self._runner = self._onnx_runner(self._onnx_dir)
@@ -119,7 +129,8 @@ class SentenceTransformerModel(ThreadedModel):
 
     def _load_all(self) -> None:
         self._ready()
-        self._torch()
+        if not self._int8:
+            self._torch()
 
     def _torch(self) -> Any:
         """The sentence-transformers model, loaded on the model thread the first time."""
@@ -174,10 +185,38 @@ class SentenceTransformerModel(ThreadedModel):
         self._small_runtime = f"onnxruntime, {runner.threads} threads"
         return runner
 
+    def _int8_runner(self, folder: Path) -> OnnxRunner:
+        """The verified int8 export, quantised from the fp32 one (made first, with torch, when
+        missing); a ModelError says why it cannot be used."""
+        from engine.models.onnx_runtime import ExportNeeded, export_verified, load_verified
+        from engine.models.quantized import INT8_DIR, quantize_verified
+
+        digest = self._fingerprint.digest
+        threads = cpu_threads()
+        if not (self.folder / "tokenizer.json").is_file():
+            raise ModelError(f"{self.folder} has no tokenizer.json (needed by ONNX Runtime)")
+        tokenizer = self._tokenizer_obj()
+        try:
+            runner = load_verified(folder / INT8_DIR, tokenizer, digest, threads=threads)
+        except ExportNeeded:
+            try:
+                fp32 = load_verified(folder, tokenizer, digest, threads=threads)
+            except ExportNeeded:
+                fp32 = export_verified(self._torch(), folder, tokenizer, digest, threads=threads)
+                self._st = None  # only the export needed torch's model
+            runner = quantize_verified(
+                fp32, folder, folder / INT8_DIR, tokenizer, digest, threads=threads
+            )
+            del fp32
+        self._small_runtime = f"onnxruntime int8, {runner.threads} threads"
+        return runner
+
     def encode_sync(self, texts: list[str]) -> np.ndarray:
         """Small batches (queries) on ONNX Runtime; long ones too until torch pays (see
         TORCH_AFTER_S), then on torch, where sentence-transformers sorts by length as well."""
         runner = self._runner
+        if self._int8 and runner is not None:
+            return runner.encode(texts)
         if runner is not None:
             small = runner.encode_if_small(texts)
             if small is not None:

@@ -335,29 +335,18 @@ def export_verified(
         except OSError:
             raise  # a full disk or a permission: not the export's fault, so nothing is recorded
         except Exception as exc:
-            _refuse(folder, digest, f"the ONNX export of this model does not run ({exc})")
+            refuse(folder, digest, f"the ONNX export of this model does not run ({exc})")
         if cosine < MIN_PROBE_COSINE:
-            _refuse(folder, digest, f"the ONNX export differs from torch (probe cosine {cosine})")
-        files = {}
-        for name in (GRAPH, WEIGHTS):
-            with (staging / name).open("rb") as fh:
-                os.fsync(fh.fileno())
-            files[name] = _sha256(staging / name)
-        (folder / RECORD).unlink(missing_ok=True)
-        for name in (WEIGHTS, GRAPH):
-            os.replace(staging / name, folder / name)
-        _write_record(
+            refuse(folder, digest, f"the ONNX export differs from torch (probe cosine {cosine})")
+        install(
+            staging,
             folder,
             {
-                "ok": True,
                 "fingerprint": digest,
-                "files": files,
                 "probe_min_cosine": cosine,
                 "min_probe_cosine": MIN_PROBE_COSINE,
                 **shape,
                 "opset": OPSET,
-                "versions": _versions(),
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
             },
         )
     finally:
@@ -365,7 +354,25 @@ def export_verified(
     return load_verified(folder, tokenizer, digest, threads=threads)
 
 
-def _refuse(folder: Path, digest: str, reason: str) -> NoReturn:
+def install(staging: Path, folder: Path, record: dict[str, Any]) -> None:
+    """Move a checked graph and its weights from `staging` into `folder`, then write the record
+    that vouches for them, with their checksums (see `export_verified`)."""
+    files = {}
+    for name in (GRAPH, WEIGHTS):
+        with (staging / name).open("rb") as fh:
+            os.fsync(fh.fileno())
+        files[name] = _sha256(staging / name)
+    (folder / RECORD).unlink(missing_ok=True)
+    for name in (WEIGHTS, GRAPH):
+        os.replace(staging / name, folder / name)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    _write_record(
+        folder,
+        {"ok": True, **record, "files": files, "versions": _versions(), "created": created},
+    )
+
+
+def refuse(folder: Path, digest: str, reason: str) -> NoReturn:
     """Record a failed check, so later loads go straight to torch instead of exporting again
     (until torch or ONNX Runtime changes), then raise it."""
     record = {"ok": False, "fingerprint": digest, "reason": reason, "versions": _versions()}

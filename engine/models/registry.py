@@ -80,6 +80,8 @@ class ModelSpec:
                 )
         else:
             _validate_remote(name, options, config, where)
+        if "quantize" in options and kind != "sentence-transformers":
+            raise ModelError(f"{where}: model '{name}': quantize applies to sentence-transformers")
         return cls(name=name, kind=kind, options=dict(options), where=where)
 
 
@@ -247,7 +249,8 @@ class ModelRegistry:
             folder = self.resolve_folder(spec)
             fingerprint = self.fingerprint(spec, folder)
             onnx_dir = None
-            if spec.options.get("onnx_small_batches", True):
+            int8 = spec.options.get("quantize") == "int8"
+            if int8 or spec.options.get("onnx_small_batches", True):
                 onnx_dir = self.config.cache_dir / "onnx" / f"{name}-{fingerprint.digest[:16]}"
             model = SentenceTransformerModel(
                 name,
@@ -257,6 +260,7 @@ class ModelRegistry:
                 trust_remote_code=bool(spec.options.get("trust_remote_code", False)),
                 source=f"{spec.source[0]}: {spec.source[1]}",
                 onnx_dir=onnx_dir,
+                int8=int8,
             )
             self._instances[name] = model
             return model

@@ -7,7 +7,6 @@ threads only contend, and an executor per request (as the design had) costs a sp
 from __future__ import annotations
 
 import asyncio
-import statistics
 import threading
 import time
 from abc import abstractmethod
@@ -91,7 +90,7 @@ class ThreadedModel(EmbeddingModel):
         """Median time of a lone text (a query) on the model, loading excluded: what the model
         costs per query, apart from cache hits, indexing batches and the first load."""
         samples = list(self._query_ms)
-        return round(statistics.median(samples), 3) if samples else None
+        return round(float(np.median(samples)), 3) if samples else None
 
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()

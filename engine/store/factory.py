@@ -28,12 +28,18 @@ __all__ = [
     "FAISS_KEYS",
     "check_backend",
     "create_store",
+    "discard_store",
+    "index_type_for",
+    "is_shared",
     "open_store",
     "recorded_settings",
+    "saved_elsewhere",
 ]
 
 BACKENDS: Final = ("faiss", "milvus")
 DEFAULT_BACKEND: Final = "faiss"
+# Backends whose data lives on a server that every process of an index talks to.
+SHARED: Final = frozenset({"milvus"})
 FAISS_KEYS: Final = (
     "hnsw_m",
     "hnsw_ef_search",
@@ -70,6 +76,26 @@ def _faiss_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {k: settings[k] for k in FAISS_KEYS if k in settings}
 
 
+def is_shared(backend: str) -> bool:
+    """True when the store is one server-side copy every process writes to at once, so a
+    reader must never repair it (only the index's writer does); False for a per-process
+    copy of a local file."""
+    return check_backend(backend) in SHARED
+
+
+def index_type_for(backend: str, requested: str | None, settings: Mapping[str, Any]) -> str:
+    """The index type a new index records: FAISS's own (flat, hnsw, ivf, auto), or ``hnsw``
+    for Milvus, which accepts no other (ValueError naming the setting)."""
+    if check_backend(backend) == "faiss":
+        return str(requested or settings.get("type") or "auto")
+    if requested not in (None, "auto", "hnsw"):
+        raise ValueError(
+            f"index type {requested!r} is a FAISS setting; a {backend} index always uses HNSW "
+            "(leave --type out, or use --backend faiss)"
+        )
+    return "hnsw"
+
+
 def create_store(
     backend: str,
     settings: Mapping[str, Any],
@@ -77,13 +103,15 @@ def create_store(
     *,
     name: str,
     index_type: str | None = None,
+    replace: bool = False,
 ) -> VectorStore:
     """A new, empty store for index ``name`` with vectors of ``dim``.
 
     ``index_type`` overrides ``settings["type"]`` (FAISS only: flat, hnsw, ivf, auto).
     FAISS stores live in memory until ``save(path)``; a Milvus collection is created on the
-    server at once (VectorStoreError if one exists for ``name``; VectorStoreUnavailableError
-    naming the URI when the server cannot be reached). ValueError for bad settings.
+    server at once (VectorStoreError if one exists for ``name``, unless ``replace``: then it is
+    emptied; VectorStoreUnavailableError naming the URI when the server cannot be reached).
+    ValueError for bad settings.
     """
     if check_backend(backend) == "faiss":
         from engine.store.faiss_store import FaissVectorStore
@@ -91,9 +119,34 @@ def create_store(
         kind = index_type or settings.get("type") or "flat"
         return FaissVectorStore(dim, kind, **_faiss_kwargs(settings))
     milvus = _milvus()
-    return milvus.MilvusVectorStore.create(
-        dim, milvus.MilvusSettings.from_mapping(settings), name=name
+    store = milvus.MilvusVectorStore.create(
+        dim, milvus.MilvusSettings.from_mapping(settings), name=name, exist_ok=replace
     )
+    if replace and (store.generation or store.count):
+        store.clear()
+    return store
+
+
+def discard_store(
+    backend: str, settings: Mapping[str, Any], dim: int, *, name: str, path: Path
+) -> None:
+    """Drop what an index's store holds, readable or not, so ``repair`` rebuilds it from the
+    metadata database: the FAISS file is deleted; a Milvus collection is emptied (or made)."""
+    if check_backend(backend) == "faiss":
+        Path(path).unlink(missing_ok=True)
+        return
+    create_store(backend, settings, dim, name=name, replace=True).close()
+
+
+def saved_elsewhere(store: VectorStore, path: Path) -> bool:
+    """True when a writer must reopen ``store`` before writing: another process saved its
+    file since ``store`` read or wrote it; for a shared store always, since another process
+    may have moved its generation since this one read it."""
+    if is_shared(store.backend):
+        return True
+    from engine.store.faiss_store import FaissVectorStore
+
+    return FaissVectorStore.file_digest(Path(path)) != getattr(store, "digest", None)
 
 
 def open_store(

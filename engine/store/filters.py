@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from engine.errors import BadFilterError
+
 __all__ = [
     "FILTER_FORMS",
     "Condition",
@@ -48,7 +50,7 @@ _COLUMNS = {
 _NUMERIC_COLUMNS = frozenset({"size", "mtime"})
 
 
-class FilterError(ValueError):
+class FilterError(BadFilterError):
     """A user filter that cannot be parsed; the message quotes it and lists the accepted forms."""
 
     def __init__(self, raw: str, reason: str) -> None:

@@ -672,6 +672,17 @@ class MetadataStore:
             raise KeyError(f"no chunks with ids {missing[:20]} in {self.path}")
         return [texts[i] for i in wanted]
 
+    def embedded_in_use(self, texts: Iterable[str]) -> set[str]:
+        """Which of these chunk texts (the `text` column) some chunk still has, as the model
+        embeds them (`embedded_text`, with the chunk's title): the embedding cache keeps those."""
+        with self._locked() as conn:
+            title = "title" if self._titles(conn) else "''"
+            rows = conn.execute(
+                f"SELECT {title}, text FROM chunks WHERE text IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(set(texts))),),
+            ).fetchall()
+        return {embedded_text(t, text) for t, text in rows}
+
     def chunks_of_document(self, key: str) -> list[int]:
         """Chunk ids of one document in ordinal order (empty for an unknown key)."""
         with self._locked() as conn:

@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from engine.errors import EmbedscopeError
 from engine.store.filters import Filter
 
 __all__ = [
@@ -50,8 +51,11 @@ __all__ = [
 _SHOW_IDS = 10
 
 
-class VectorStoreError(Exception):
-    """Base class so callers can catch every vector-store failure in one place."""
+class VectorStoreError(EmbedscopeError):
+    """Base class so callers can catch every vector-store failure in one place (and every
+    front end reports it as one line, like the rest of the engine's errors)."""
+
+    code = "vector_store"
 
 
 class VectorStoreCorruptError(VectorStoreError):
@@ -86,6 +90,9 @@ class VectorStoreVersionError(VectorStoreError):
 
 class VectorStoreUnavailableError(VectorStoreError):
     """A remote store cannot be reached or refused a call; the message names its address."""
+
+    code = "vector_store_unavailable"
+    status = 503
 
 
 class VectorStoreMissingError(VectorStoreError):

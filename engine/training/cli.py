@@ -1,4 +1,5 @@
-"""The `finetune` command; `engine.cli.build_parser` adds it via `add_parsers`."""
+"""The `finetune` command, imported when it runs (its arguments are declared in
+`engine.cli_parsers`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli import command, emit_json
+from engine.cli_parsers import add_finetune_parser
 from engine.config import Config
 from engine.models import ModelRegistry
 from engine.training.finetune import (
-    LOSSES,
     CancelToken,
     FinetuneError,
     FinetuneProgress,
@@ -24,30 +25,8 @@ from engine.training.finetune import (
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune a model on JSONL pairs or a BEIR train split; saved and registered",
-    )
-    p.add_argument("--base", required=True, help="a declared sentence-transformers model")
-    p.add_argument("--pairs", type=Path, help='JSONL: {"text1": …, "text2": …, "label": 0.8}')
-    p.add_argument("--dataset", type=Path, help="a BEIR folder (for --split, --eval-split)")
-    p.add_argument("--split", help="train on this BEIR qrels split as query-passage pairs")
-    p.add_argument("--eval-split", help="score on this BEIR split (default test with --dataset)")
-    p.add_argument(
-        "--eval-max-docs",
-        type=int,
-        metavar="N",
-        help="score against the judged documents plus others up to N (default: whole corpus)",
-    )
-    p.add_argument("--loss", choices=LOSSES, help="default: cosine for pairs, mnrl for --split")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-5, help="learning rate (default 2e-5)")
-    p.add_argument("--name", help="the new model's name (default: BASE-ft-TIMESTAMP)")
-    p.add_argument(
-        "--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on busy CPUs)"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    """The command's arguments, declared in `engine.cli_parsers` (see there why)."""
+    add_finetune_parser(sub)
 
 
 def _plan(args: argparse.Namespace) -> tuple[str, Path | None, str]:

@@ -1,4 +1,5 @@
-"""Build and switch indexes: pick a folder, model and index type; watch progress; cancel."""
+"""Build and switch indexes: pick a folder, model, index type and vector store; watch progress;
+cancel."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from engine.index import CancelToken, CorpusIndex, IndexProgress, IndexReport, IndexStats
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+# Where a new index keeps its vectors (engine.store.factory.BACKENDS, not imported: no faiss).
+BACKENDS = (("FAISS (this machine)", "faiss"), ("Milvus (index.milvus.uri)", "milvus"))
 # Progress arrives once per file; painting it more often than this only costs the UI loop.
 PAINT_EVERY_S = 0.1
 
@@ -59,7 +62,7 @@ def describe_stats(stats: IndexStats, frozen: bool) -> str:
         when = "—" if frozen else time.strftime("%Y-%m-%d %H:%M", local)
     return (
         f"[b]{stats.name}[/b]  model [b]{stats.model}[/b] ({stats.dimension} dims, "
-        f"{stats.index_type})\n"
+        f"{stats.backend} {stats.index_type})\n"
         f"{stats.documents} documents · {stats.chunks} chunks · "
         f"{'—' if frozen else human_bytes(stats.bytes_on_disk)} on disk · last indexed {when}\n"
         f"[dim]{stats.path}[/dim]"
@@ -117,6 +120,8 @@ class IndexPane(Pane):
                             allow_blank=False,
                             id="index-type",
                         )
+                yield Label("Vector store")
+                yield Select(BACKENDS, value="faiss", allow_blank=False, id="backend")
                 with Horizontal(classes="row buttons"):
                     yield Button("Start  ^g", id="start", variant="primary")
                     yield Button("Cancel  esc", id="cancel", variant="error", disabled=True)
@@ -206,18 +211,25 @@ class IndexPane(Pane):
         picked = self.query_one("#model", Select).value
         model = None if picked is Select.BLANK else str(picked)
         index_type = str(self.query_one("#index-type", Select).value)
-        self.start_indexing(name, [folder], model, index_type)
+        backend = str(self.query_one("#backend", Select).value)
+        self.start_indexing(name, [folder], model, index_type, backend)
 
     def start_indexing(
-        self, name: str, paths: list[Path], model: str | None, index_type: str = "auto"
+        self,
+        name: str,
+        paths: list[Path],
+        model: str | None,
+        index_type: str = "auto",
+        backend: str | None = None,
     ) -> None:
+        """``backend``: for a new index (None: index.backend); an existing one keeps its own."""
         from engine.index import CancelToken
 
         self._token = CancelToken()
         self._set_running(True)
         self.query_one("#skipped", DataTable).clear()
         self.query_one("#progress-line", Static).update(f"Preparing index {name}…", layout=False)
-        self.run_indexing(name, paths, model, index_type, self._token)
+        self.run_indexing(name, paths, model, index_type, backend, self._token)
 
     @work(exclusive=True, group="indexing", exit_on_error=False)
     async def run_indexing(
@@ -226,6 +238,7 @@ class IndexPane(Pane):
         paths: list[Path],
         model: str | None,
         index_type: str,
+        backend: str | None,
         token: CancelToken,
     ) -> None:
         engine = self.embedscope.engine
@@ -234,7 +247,9 @@ class IndexPane(Pane):
             self.app.notify("The engine is still starting; try again in a moment.")
             return
         try:
-            index = await engine.indexes.open_or_create(name, model=model, index_type=index_type)
+            index = await engine.indexes.open_or_create(
+                name, model=model, index_type=index_type, backend=backend
+            )
             self.post_message(IndexOpened(index))
             report = await index.index_path(
                 paths, progress=lambda p: self.post_message(IndexProgressed(p)), cancel=token

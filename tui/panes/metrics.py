@@ -104,6 +104,18 @@ def remote_lines(snapshot: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def api_lines(url: str, summary: dict[str, Any]) -> str:
+    """The in-app API server: totals, latency, 429s, then the busiest routes by status."""
+    n = summary["requests"]
+    head = (
+        f"API {url} · {n:,} request{'s' if n != 1 else ''} · p50 {_ms(summary['p50_ms'])} · "
+        f"p95 {_ms(summary['p95_ms'])} · {summary['rate_limited']:,} rate-limited (429)"
+    )
+    busiest = sorted(summary["routes"].items(), key=lambda kv: -kv[1])[:6]
+    routes = " · ".join(f"{m} {route} {status} ×{c:,}" for (m, route, status), c in busiest)
+    return f"{head}\n{routes}" if routes else head
+
+
 class MetricsPane(Pane):
     title = "Metrics"
     BINDINGS = METRICS_BINDINGS
@@ -127,10 +139,12 @@ class MetricsPane(Pane):
         yield BarChart(id="batches")
         yield Static("", id="metrics-state")
         yield Static("", id="remote-state", markup=False)
+        yield Static("", id="api-state", markup=False)
 
     def on_mount(self) -> None:
         self.query_one("#batches", BarChart).set_data("Batch sizes (batches per bucket)", [])
         self.query_one("#remote-state", Static).display = False
+        self.query_one("#api-state", Static).display = False
         if not self.embedscope.frozen:
             self.set_interval(1.0, self.refresh_figures)
 
@@ -159,15 +173,19 @@ class MetricsPane(Pane):
         cards["index_bytes"] = human_bytes(index.stats().bytes_on_disk) if index else PLACEHOLDER
         cards["rss"] = human_bytes(rss_bytes())
         self.app.call_from_thread(self._show_figures, cards, timeline, histogram)
-        self.app.call_from_thread(self._show_remote, remote_lines(snapshot))
+        self.app.call_from_thread(self._show_line, "remote", remote_lines(snapshot))
+        api = self.embedscope.api
+        served = api.metrics() if api is not None and api.running else None
+        text = api_lines(api.url, served.summary()) if api is not None and served else ""
+        self.app.call_from_thread(self._show_line, "api", text)
 
-    def _show_remote(self, text: str) -> None:
-        """Hidden while no remote model has been used, so local-only layouts stay as they were."""
-        if self._shown.get("remote", "") != text:
-            widget = self.query_one("#remote-state", Static)
+    def _show_line(self, key: str, text: str) -> None:
+        """Hidden while empty (no remote model used, no API served), so layouts stay as were."""
+        if self._shown.get(key, "") != text:
+            widget = self.query_one(f"#{key}-state", Static)
             widget.update(text)
             widget.display = bool(text)
-            self._shown["remote"] = text
+            self._shown[key] = text
 
     def _show_figures(
         self, cards: dict[str, str], timeline: list[float], histogram: dict[str, int]
