@@ -275,3 +275,38 @@ def test_server_down_is_one_clear_line(tmp_path: Path, isolated_home: Path) -> N
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("embedscope index: ") and uri in lines[0]
+
+
+@pytest.mark.slow  # stops and starts the real server
+def test_readyz_names_a_milvus_index_whose_server_cannot_be_reached(
+    milvus_server: Any, tmp_path: Path, isolated_home: Path
+) -> None:
+    import asyncio
+
+    import httpx
+    from serve_harness import running
+
+    from engine.serve.app import ServeOptions
+
+    config = milvus_config(tmp_path, milvus_server)
+
+    async def build() -> None:
+        async with Engine(config) as engine:
+            index = await engine.indexes.open_or_create("mv-ready")
+            await index.index_path([write_corpus(tmp_path / "docs")])
+
+    asyncio.run(build())
+    with running(ServeOptions(config, indexes=("mv-ready",))) as served:
+        ready = httpx.get(f"{served.url}/readyz", timeout=60)
+        assert ready.status_code == 200 and ready.json()["reasons"] == [], ready.text
+        uri = milvus_server.uri
+        milvus_server.stop()
+        try:
+            ready = httpx.get(f"{served.url}/readyz", timeout=120)
+        finally:
+            milvus_server.start()
+        assert ready.status_code == 503, ready.text
+        (reason,) = ready.json()["reasons"]
+        assert reason.startswith("index 'mv-ready': ") and uri in reason, reason
+        alive = httpx.get(f"{served.url}/healthz", timeout=60)
+        assert alive.status_code == 200, "not ready is not dead"

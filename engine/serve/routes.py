@@ -3,6 +3,7 @@ the engine, whose typed errors the app maps to statuses in one place."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -37,6 +38,7 @@ from engine.serve.schemas import (
     SearchResponse,
     SimilarRequest,
 )
+from engine.store.factory import is_shared
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse}
@@ -223,7 +225,8 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(request: Request, response: Response) -> Health:
-    """Ready: the engine is started, the default model loaded, every named index open."""
+    """Ready: the engine is started, the default model loaded, every named index open, and the
+    vector server of each named index that keeps its vectors on one (Milvus) answering."""
     state = server(request)
     reasons = [] if state.ready else ["starting or stopping"]
     engine = state.engine
@@ -231,7 +234,9 @@ async def readyz(request: Request, response: Response) -> Health:
         reasons.append(f"model '{engine.config.default_model}' is not loaded")
     for name in state.options.indexes:
         try:
-            await engine.indexes.open(name)
+            index = await engine.indexes.open(name)
+            if is_shared(index.backend):
+                await asyncio.to_thread(getattr, index.vectors, "count")
         except Exception as exc:  # readiness reports every failure, whatever its kind
             reasons.append(f"index '{name}': {exc}")
     if reasons:
