@@ -54,6 +54,14 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def floor_targets(result: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:
+    """Each figure that must reach a floor, with its value and whether this run met it."""
+    return {
+        key: {"value": result[key], "target": f">= {bound}", "met": result[key] >= bound}
+        for key, bound in targets.items()
+    }
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile: an observed latency, never an interpolated one."""
     ordered = sorted(values)

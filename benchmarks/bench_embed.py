@@ -24,6 +24,7 @@ from _common import (
     bench_home,
     check_positive,
     emit,
+    floor_targets,
     load_sentence_transformer,
     log,
     machine,
@@ -185,10 +186,7 @@ async def run(args: Any) -> dict[str, Any]:
         "per_repeat": [{k: round(v, 6) for k, v in row.items()} for row in rows],
         "machine": machine(),
     }
-    result["targets"] = {
-        key: {"value": result[key], "target": f">= {bound}", "met": result[key] >= bound}
-        for key, bound in TARGETS.items()
-    }
+    result["targets"] = floor_targets(result, TARGETS)
     return result
 
 

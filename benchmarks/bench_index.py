@@ -30,6 +30,7 @@ from _common import (
     bench_home,
     check_positive,
     emit,
+    floor_targets,
     load_sentence_transformer,
     log,
     machine,
@@ -208,10 +209,7 @@ async def run(args: Any) -> dict[str, Any]:
         "chunking_per_repeat": [{k: round(v, 6) for k, v in row.items()} for row in chunking],
         "machine": machine(),
     }
-    result["targets"] = {
-        key: {"value": result[key], "target": f">= {bound}", "met": result[key] >= bound}
-        for key, bound in TARGETS.items()
-    }
+    result["targets"] = floor_targets(result, TARGETS)
     return result
 
 
