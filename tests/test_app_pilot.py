@@ -190,6 +190,43 @@ async def test_filter_apply_clear_and_more_like_this(corpus: Path, tmp_path: Pat
         assert "more like this" in info(app)
 
 
+async def test_keys_typed_during_a_search_coalesce_and_the_top_hit_comes_with_it(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """A search runs at a time: keys typed meanwhile cost one search for the newest text, not
+    one each; the rows arrive with the top hit's detail, painted together."""
+    app = make_app(corpus, tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(pilot)
+        assert app.engine is not None
+        metrics = app.engine.embeddings.metrics
+
+        def requests() -> int:
+            return sum(m["requests"] for m in metrics.snapshot().values())
+
+        pane = await search(pilot, "moon")
+        before = requests()
+        text = "how do the gravity of the moon and the sun raise the tides"
+        box = app.query_one("#query", Input)
+        for end in range(1, len(text) + 1):  # keys landing faster than a search
+            box.value = text[:end]
+        await wait_for(pilot, lambda: pane._shown is not None and pane._shown.text == text)
+        # Each search embeds its query once: one search, not one per key.
+        assert requests() - before == 1
+        assert pane.hits[0].path == "ocean/tides.md"
+        table = app.query_one("#results", DataTable)
+        assert table.row_count == len(pane.hits)
+        assert pane._detail_for == pane.hits[0].chunk_id
+        detail = str(app.query_one("#detail", Static).render())
+        assert detail.startswith("Tides") and "two high tides" in detail
+
+        # The columns are shares of the table, not of these titles: another query keeps them.
+        widths = [c.width for c in table.columns.values()]
+        await search(pilot, "sourdough starter")
+        assert [c.width for c in table.columns.values()] == widths
+        assert "Sourdough" in str(app.query_one("#detail", Static).render())
+
+
 @pytest.mark.slow
 async def test_start_and_cancel_an_indexing_run(corpus: Path, tmp_path: Path) -> None:
     """Long files, so the run is still embedding when Esc lands: the engine checks the token

@@ -153,8 +153,19 @@ def test_bench_app_smoke(tmp_path: Path) -> None:
         "max_loop_lag_ms",
         "lag_window_s",
         "lag_samples",
+        "max_loop_lag_during_reindex_ms",
+        "reindex_chunks",
+        "reindex_lag_samples",
     )
-    check_targets(r, {"first_paint_s", "keystroke_to_results_p50_ms", "max_loop_lag_ms"})
+    check_targets(
+        r,
+        {
+            "first_paint_s",
+            "keystroke_to_results_p50_ms",
+            "max_loop_lag_ms",
+            "max_loop_lag_during_reindex_ms",
+        },
+    )
     # The lag window spans indexing the whole sample corpus, even under --quick.
     assert r["corpus"] == "sample_corpus" and r["quick"] is True
     indexable = [
@@ -166,6 +177,9 @@ def test_bench_app_smoke(tmp_path: Path) -> None:
     assert r["queries"] == 3
     assert r["keystroke_to_results_p95_ms"] >= r["keystroke_to_results_p50_ms"]
     assert r["max_loop_lag_ms"] >= r["loop_lag_p99_ms"]
+    # Every document of the second index was deleted and added back: ~100 chunks at --smoke.
+    assert r["reindex_chunks"] >= 100 and r["reindex_documents"] >= 1
+    assert r["max_loop_lag_during_reindex_ms"] >= r["reindex_lag_p99_ms"]
 
 
 def test_bad_size_is_a_clear_error(tmp_path: Path) -> None:

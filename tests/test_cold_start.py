@@ -1,5 +1,6 @@
-"""A cold command answers a query without torch, and trusts the ONNX export only while its
-checksums hold. How fast it starts is measured by benchmarks/bench_cli.py, not here."""
+"""A cold command answers a query without torch, and without what only indexing needs; it trusts
+the ONNX export only while its checksums hold. How fast it starts is measured by
+benchmarks/bench_cli.py, not here."""
 
 from __future__ import annotations
 
@@ -14,15 +15,19 @@ import numpy as np
 import pytest
 from conftest import REPO
 
+from engine import config as config_module
 from engine.models.onnx_runtime import GRAPH, RECORD, WEIGHTS
 
 TORCH = ("torch", "sentence_transformers", "transformers")
+# What a search has no use for, each ~30-50 ms to import: folder walking (indexing only) and
+# numpy's masked arrays (which np.unique and np.median pull in).
+INDEX_ONLY = ("pathspec", "numpy.ma")
 WRAPPER = """
 import json, sys
 from tui.cli import main
 code = main(sys.argv[1:])
 sys.stdout.flush()
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})), file=sys.stderr)
+print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)), file=sys.stderr)
 sys.exit(code)
 """
 DOCS = {
@@ -35,7 +40,13 @@ DOCS = {
 def cold(*args: str) -> tuple[Any, list[str]]:
     """One fresh `embedscope` process: its JSON output, and the heavy modules it imported."""
     done = subprocess.run(
-        [sys.executable, "-c", WRAPPER.format(heavy=(*TORCH, "onnxruntime")), *args, "--json"],
+        [
+            sys.executable,
+            "-c",
+            WRAPPER.format(heavy=(*TORCH, "onnxruntime", *INDEX_ONLY)),
+            *args,
+            "--json",
+        ],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -44,7 +55,7 @@ def cold(*args: str) -> tuple[Any, list[str]]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     modules = json.loads(done.stderr.strip().splitlines()[-1])
-    return json.loads(done.stdout), sorted({m.split(".")[0] for m in modules})
+    return json.loads(done.stdout), modules
 
 
 @pytest.fixture
@@ -59,12 +70,21 @@ def indexed(tmp_path: Path) -> Path:
 
 def test_cold_search_loads_no_torch(indexed: Path) -> None:
     result, modules = cold("search", "why does the sea go up and down", "--name", "cold")
-    assert modules == ["onnxruntime"], "a new query runs on ONNX Runtime alone"
+    assert modules == ["onnxruntime"], "a new query runs on ONNX Runtime alone, nothing of indexing"
     assert result["results"][0]["path"] == "tides.txt"
     assert result["load_s"] > 0 and result["search_s"] > 0
     again, modules = cold("search", "why does the sea go up and down", "--name", "cold")
-    assert modules == [], "a cached query needs no model at all"
+    assert modules == [], "a cached query needs no model at all, nor anything of indexing"
     assert [r["chunk_id"] for r in again["results"]] == [r["chunk_id"] for r in result["results"]]
+
+
+def test_defaults_parse_fast_and_the_same() -> None:
+    """The shipped defaults take libyaml's parser; it must read them exactly as the limit-checking
+    loader that user files take does, values and lines of every key alike."""
+    fast = config_module._load_yaml(config_module.DEFAULTS_FILE, trusted=True)
+    checked = config_module._load_yaml(config_module.DEFAULTS_FILE)
+    assert fast == checked
+    assert fast[1][("index", "faiss", "hnsw_m")].line > 1
 
 
 def test_similar_reports_load_and_search_apart(indexed: Path) -> None:

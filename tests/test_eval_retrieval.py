@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import DATASETS
 from reference_eval import beir_ndcg_at_10, read_beir
+from test_index_support import build_cranfield, copy_cache
 
 from engine.cli import run
 from engine.config import load_config
@@ -35,9 +36,12 @@ CLI_FIGURES = {
 
 @pytest.fixture(scope="session")
 def eval_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One data dir (so one embedding cache) for every evaluation test in the session."""
+    """One data dir (so one embedding cache) for every evaluation test in the session, warmed
+    with the session's Cranfield index build: a one-chunk document is embedded exactly as the
+    evaluation embeds it, so only the longer documents cost a model call here."""
     home = tmp_path_factory.getbasetemp() / "eval-home"
     home.mkdir(exist_ok=True)
+    copy_cache(build_cranfield(tmp_path_factory).data_dir, home)
     return home
 
 

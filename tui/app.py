@@ -33,13 +33,13 @@ from tui.panes.compare import ComparePane, ModelRow, load_runs
 from tui.panes.index import IndexPane, default_index_name
 from tui.panes.metrics import MetricsPane
 from tui.panes.search import SearchPane
-from tui.serving import ApiServer
 from tui.settings import DEFAULT_THEME, AppSettings, SettingsError
 from tui.themes import ThemeFileError, load_themes
 
 if TYPE_CHECKING:
     from engine import Engine
     from engine.index import CorpusIndex
+    from tui.serving import ApiServer
 
 HERE = Path(__file__).parent
 PANES = ("search", "index", "compare", "metrics")
@@ -228,14 +228,19 @@ class EmbedscopeApp(App[None]):
             a = registry.check(name)
             rows.append(ModelRow(name, a.available, a.reason, a.kind, a.dimension, config.device))
         runs = load_runs(config.data_dir)
-        self.call_from_thread(self._show_catalog, rows, runs, config.default_model)
+        self.call_from_thread(
+            self._show_catalog, rows, runs, config.default_model, config.index_backend
+        )
 
-    def _show_catalog(self, rows: list[ModelRow], runs: object, default: str) -> None:
+    def _show_catalog(
+        self, rows: list[ModelRow], runs: object, default: str, backend: str
+    ) -> None:
         compare = self.query_one(ComparePane)
         if not compare.models:
             compare.set_models(rows)
         compare.set_runs(runs if isinstance(runs, list) else None)
         self.query_one(IndexPane).set_models([r.name for r in rows], default)
+        self.query_one(IndexPane).set_default_backend(backend)
 
     @work(exclusive=True, group="engine", exit_on_error=False)
     async def boot(self) -> None:
@@ -307,6 +312,9 @@ class EmbedscopeApp(App[None]):
         if self.engine is None:
             self.notify("The engine is still starting; start the API server once it is ready.")
             return
+        # Imported here: it pulls in the whole engine package, which must not delay first paint.
+        from tui.serving import ApiServer
+
         host, port = self.serve_at or ("127.0.0.1", 8765)
         api = ApiServer(self.engine, host, port)
         await api.start()

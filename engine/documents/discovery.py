@@ -12,8 +12,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from pathspec import GitIgnoreSpec
+from typing import TYPE_CHECKING
 
 from engine.documents.loaders import (
     NOT_UTF8_NAME,
@@ -23,6 +22,11 @@ from engine.documents.loaders import (
     display_path,
     is_utf8,
 )
+
+if TYPE_CHECKING:
+    # pathspec (~50 ms to import) is loaded by the functions that walk folders, so a command
+    # that only searches never pays for it.
+    from pathspec import GitIgnoreSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,8 @@ def _ignored(rel: str, ignore_files: Sequence[_IgnoreFile]) -> bool:
 
 
 def _spec(patterns: Sequence[str]) -> GitIgnoreSpec | None:
+    from pathspec import GitIgnoreSpec
+
     return GitIgnoreSpec.from_lines(patterns) if patterns else None
 
 
@@ -216,6 +222,8 @@ def _error_text(exc: OSError) -> str:
 def _read_ignore_files(
     folder: Path, rel_folder: str, ignore_names: tuple[str, ...]
 ) -> tuple[_IgnoreFile, ...]:
+    from pathspec import GitIgnoreSpec
+
     found: list[_IgnoreFile] = []
     for name in ignore_names:
         file = folder / name

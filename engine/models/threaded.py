@@ -7,6 +7,7 @@ threads only contend, and an executor per request (as the design had) costs a sp
 from __future__ import annotations
 
 import asyncio
+import statistics
 import threading
 import time
 from abc import abstractmethod
@@ -90,7 +91,8 @@ class ThreadedModel(EmbeddingModel):
         """Median time of a lone text (a query) on the model, loading excluded: what the model
         costs per query, apart from cache hits, indexing batches and the first load."""
         samples = list(self._query_ms)
-        return round(float(np.median(samples)), 3) if samples else None
+        # statistics, not numpy: np.median imports numpy.ma (~30 ms of a cold command).
+        return round(statistics.median(samples), 3) if samples else None
 
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()

@@ -97,6 +97,9 @@ class IndexPane(Pane):
         self._models: list[str] = []
         self._unpainted: IndexProgress | None = None
         self._painter: Timer | None = None
+        # The store the picker shows until the user picks one: index.backend once known.
+        self._default_backend = "faiss"
+        self._backend_picked = False
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="index-top"):
@@ -121,7 +124,9 @@ class IndexPane(Pane):
                             id="index-type",
                         )
                 yield Label("Vector store")
-                yield Select(BACKENDS, value="faiss", allow_blank=False, id="backend")
+                yield Select(
+                    BACKENDS, value=self._default_backend, allow_blank=False, id="backend"
+                )
                 with Horizontal(classes="row buttons"):
                     yield Button("Start  ^g", id="start", variant="primary")
                     yield Button("Cancel  esc", id="cancel", variant="error", disabled=True)
@@ -148,6 +153,18 @@ class IndexPane(Pane):
         select.set_options([(n, n) for n in names])
         if default in names:
             select.value = default
+
+    def set_default_backend(self, backend: str) -> None:
+        """Show the config's `index.backend`, unless the user has already picked a store."""
+        if self._backend_picked or backend not in {value for _, value in BACKENDS}:
+            return
+        self._default_backend = backend
+        with self.prevent(Select.Changed):
+            self.query_one("#backend", Select).value = backend
+
+    @on(Select.Changed, "#backend")
+    def _backend_changed(self, event: Select.Changed) -> None:
+        self._backend_picked = event.value != self._default_backend
 
     def set_index_names(self, names: list[str], current: str | None) -> None:
         select = self.query_one("#index-select", Select)

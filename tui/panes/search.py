@@ -1,4 +1,9 @@
-"""Search as you type: one exclusive worker per keystroke, and no stale result ever shown."""
+"""Search as you type: one search at a time for the newest query, and no stale result shown.
+
+A keystroke after a pause searches at once; keys typed while a search runs are coalesced into one
+search for the latest text. The worker also builds the table's cells (cut to their columns) and
+the top hit's detail in a thread, so the UI loop only swaps them in and paints once.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.cells import cell_len
 from rich.markup import escape
 from rich.text import Text
 from textual import on, work
@@ -25,10 +29,9 @@ from tui.panes.base import Pane
 from tui.widgets.modals import ExportScreen
 
 if TYPE_CHECKING:
-    from engine.index import SearchHit
+    from engine.index import CorpusIndex, SearchHit
 
 MODES = ("hybrid", "vector", "keyword")
-DEBOUNCE_S = 0.03
 TOP_K = 20
 CONTEXT_CHUNKS = 1
 RANK_WIDTH = 3
@@ -52,18 +55,88 @@ def highlighted(snippet: str, spans: list[tuple[int, int]], style: str = "bold r
     return text
 
 
-def result_widths(space: int, titles: Sequence[str], paths: Sequence[str]) -> tuple[int, int, int]:
+def result_widths(space: int) -> tuple[int, int, int]:
     """Title, path and snippet widths that share `space` cells.
 
-    Title and path take a share each but no more than their longest value needs, so whatever
-    they leave goes to the snippet, which keeps at least the rest of the space.
+    Fixed shares of the table's width, never of what one result set holds: the columns stay
+    put while the user types, and new results repaint the rows without rebuilding the columns.
     """
     space = max(space, 3 * MIN_WIDTH)
-    longest_title = max(map(cell_len, titles), default=space)
-    longest_path = max(map(cell_len, paths), default=space)
-    title = max(MIN_WIDTH, min(round(space * TITLE_SHARE), longest_title))
-    path = max(MIN_WIDTH, min(round(space * PATH_SHARE), longest_path))
+    title = max(MIN_WIDTH, round(space * TITLE_SHARE))
+    path = max(MIN_WIDTH, round(space * PATH_SHARE))
     return title, path, space - title - path
+
+
+Row = tuple[str, str, Text, Text, Text, Text]
+
+
+def result_rows(
+    hits: Sequence[SearchHit], widths: tuple[int, int, int], per_document: bool
+) -> list[Row]:
+    """Each hit's cells, already cut to their columns: runs in a thread, so the UI loop's
+    table renders short texts instead of whole snippets."""
+    title, path, snippet = widths
+    rows = []
+    for hit in hits:
+        cells = (
+            (one_line(hit.title), title),
+            (one_line(hit.path), path),
+            (highlighted(hit.snippet, hit.highlights), snippet),
+        )
+        for text, width in cells:
+            text.truncate(width, overflow="ellipsis")
+        rows.append(
+            (
+                str(hit.rank),
+                f"{hit.score:.3f}",
+                cells[0][0],
+                cells[1][0],
+                Text(str(hit.matched_chunks) if per_document else "", justify="right"),
+                cells[2][0],
+            )
+        )
+    return rows
+
+
+def detail_text(index: CorpusIndex, hit: SearchHit, per_document: bool) -> Text:
+    """The hit's chunk between its neighbours, for the detail view (SQLite: call in a thread)."""
+    chunk, siblings = index.chunk_context(hit.chunk_id)
+    nearby = [c for c in siblings if abs(c.ordinal - chunk.ordinal) <= CONTEXT_CHUNKS]
+    body = Text()
+    page = f"  page {hit.page}" if hit.page is not None else ""
+    body.append(f"{hit.title}\n", style="bold")
+    matched = ""
+    if per_document and len(siblings) > 1:
+        matched = f", best of {hit.matched_chunks} matching"
+    body.append(
+        f"{hit.path}{page}  chunk {chunk.ordinal + 1} of {len(siblings)}{matched}\n\n",
+        style="dim",
+    )
+    if nearby and nearby[0].ordinal > 0:
+        body.append("…\n", style="dim")
+    for c in nearby:
+        body.append(c.text.strip() + "\n\n", style="bold" if c.id == chunk.id else "dim")
+    if nearby and nearby[-1].ordinal < len(siblings) - 1:
+        body.append("…", style="dim")
+    return body
+
+
+class PreparedResults(ResultsReady):
+    """Results with their table cells and the top hit's detail, both built off the UI loop."""
+
+    def __init__(
+        self,
+        query: Query,
+        hits: list[SearchHit],
+        seconds: float,
+        rows: list[Row],
+        widths: tuple[int, int, int],
+        detail: Text | None,
+    ) -> None:
+        super().__init__(query, hits, seconds)
+        self.rows = rows
+        self.widths = widths
+        self.detail = detail
 
 
 class SearchPane(Pane):
@@ -77,6 +150,12 @@ class SearchPane(Pane):
         self._shown: Query | None = None
         self._widths: tuple[int, int, int] | None = None
         self._per = "document"
+        # The newest query not yet searched, and whether the search worker is running.
+        self._wanted: Query | None = None
+        self._searching = False
+        self._searching_for: Query | None = None
+        # The hit the detail view shows, so the table's own highlight does not fetch it again.
+        self._detail_for: int | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="search-bar"):
@@ -106,11 +185,11 @@ class SearchPane(Pane):
     def _column_widths(self) -> tuple[int, int, int]:
         table = self.query_one("#results", DataTable)
         fixed = RANK_WIDTH + SCORE_WIDTH + MATCHED_WIDTH + 6 * 2 * table.cell_padding
-        space = table.size.width - table.styles.scrollbar_size_vertical - fixed
-        return result_widths(space, [h.title for h in self.hits], [h.path for h in self.hits])
+        return result_widths(table.size.width - table.styles.scrollbar_size_vertical - fixed)
 
-    def _fill_results(self) -> None:
-        """Rows for `hits`; the columns are rebuilt only when their widths change."""
+    def _fill_results(self, rows: list[Row] | None = None) -> None:
+        """Rows for `hits` (`rows`: their cells, built for the current widths); the columns are
+        rebuilt only when the table's width changes them."""
         table = self.query_one("#results", DataTable)
         widths = self._column_widths()
         if widths == self._widths:
@@ -125,17 +204,14 @@ class SearchPane(Pane):
             table.add_column("Path", key="path", width=path)
             table.add_column("Chunks", key="matched", width=MATCHED_WIDTH)
             table.add_column("Snippet", key="snippet", width=snippet)
-        per_document = self._shown is None or self._shown.per == "document"
-        for hit in self.hits:
-            table.add_row(
-                str(hit.rank),
-                f"{hit.score:.3f}",
-                one_line(hit.title),
-                one_line(hit.path),
-                Text(str(hit.matched_chunks) if per_document else "", justify="right"),
-                highlighted(hit.snippet, hit.highlights),
-                key=str(hit.chunk_id),
-            )
+            rows = None
+        if rows is None:
+            rows = result_rows(self.hits, widths, self._per_document())
+        for hit, row in zip(self.hits, rows, strict=True):
+            table.add_row(*row, key=str(hit.chunk_id))
+
+    def _per_document(self) -> bool:
+        return self._shown is None or self._shown.per == "document"
 
     # The query as the inputs say it now; results for anything else are stale.
     def current_query(self) -> Query:
@@ -153,6 +229,10 @@ class SearchPane(Pane):
     @on(Select.Changed, "#mode")
     def _inputs_changed(self) -> None:
         self._like = None
+        if self._searching and self.current_query() == self._searching_for:
+            # Keys that landed while this very text is being searched: nothing new to ask.
+            self._wanted = None
+            return
         self.request_search()
 
     def request_search(self) -> None:
@@ -160,13 +240,20 @@ class SearchPane(Pane):
         if not self._filter_ok(query.filters):
             return
         if query.like is None and not query.text:
-            self.workers.cancel_group(self, "search")
+            # A search still running is left to finish; its results are stale and dropped.
+            self._wanted = None
             self._show(query, [], None)
             return
         if self.embedscope.index is None:
             self._info("No index open yet: build one in the Index pane (F3).")
             return
-        self.run_search(query)
+        self._search(query)
+
+    def _search(self, query: Query) -> None:
+        self._wanted = query
+        if not self._searching:
+            self._searching = True
+            self.run_searches()
 
     def _filter_ok(self, text: str) -> bool:
         """Checked before searching, so a typo in a filter says what is wrong at once.
@@ -190,11 +277,23 @@ class SearchPane(Pane):
         box.remove_class("-invalid-filter")
         return True
 
-    @work(exclusive=True, group="search", exit_on_error=False)
-    async def run_search(self, query: Query) -> None:
+    @work(group="search", exit_on_error=False)
+    async def run_searches(self) -> None:
+        """Searches for the newest wanted query until none is left: never two at once, so fast
+        typing costs one search per pause, not one per key, and the engine's threads are never
+        left running for a query already abandoned."""
+        try:
+            while self._wanted is not None:
+                query, self._wanted = self._wanted, None
+                self._searching_for = query
+                await self._search_once(query)
+        finally:
+            self._searching = False
+            self._searching_for = None
+
+    async def _search_once(self, query: Query) -> None:
         from engine.store.filters import FilterError
 
-        await asyncio.sleep(DEBOUNCE_S)
         index = self.embedscope.index
         if index is None:
             return
@@ -217,19 +316,41 @@ class SearchPane(Pane):
                 self.query_one("#filter-error", Static).update(str(exc))
                 self.query_one("#filter-error", Static).display = True
             return
-        if query == self.current_query():
-            self.post_message(ResultsReady(query, hits, time.perf_counter() - started))
+        if query != self.current_query():
+            return
+        widths = self._widths or self._column_widths()
+        per_document = query.per == "document"
+        rows, detail = await asyncio.to_thread(
+            lambda: (
+                result_rows(hits, widths, per_document),
+                detail_text(index, hits[0], per_document) if hits else None,
+            )
+        )
+        seconds = time.perf_counter() - started
+        self.post_message(PreparedResults(query, hits, seconds, rows, widths, detail))
 
     @on(ResultsReady)
     def _results_ready(self, message: ResultsReady) -> None:
         message.stop()
-        if message.query == self.current_query():
+        if message.query != self.current_query():
+            return
+        if isinstance(message, PreparedResults) and message.widths == self._widths:
+            self._show(message.query, message.hits, message.seconds, message.rows, message.detail)
+        else:
             self._show(message.query, message.hits, message.seconds)
 
-    def _show(self, query: Query, hits: list[SearchHit], seconds: float | None) -> None:
+    def _show(
+        self,
+        query: Query,
+        hits: list[SearchHit],
+        seconds: float | None,
+        rows: list[Row] | None = None,
+        detail: Text | None = None,
+    ) -> None:
         self.hits = hits
         self._shown = query
-        self._fill_results()
+        self._fill_results(rows)
+        self._detail_for = None
         if seconds is None:
             self._info("Type a query.")
             self.query_one("#detail", Static).update("")
@@ -245,6 +366,10 @@ class SearchPane(Pane):
             self._info(f"{len(hits)} results ({what}, by {query.per}){took}")
         if not hits:
             self.query_one("#detail", Static).update("No matches. Try another mode or filter.")
+        elif detail is not None:
+            # Painted in the same frame as the rows: one layout, not one per result set and hit.
+            self._detail_for = hits[0].chunk_id
+            self.query_one("#detail", Static).update(detail)
 
     def _info(self, text: str) -> None:
         # One line high whatever it says: repainting it needs no layout of the whole screen.
@@ -259,7 +384,7 @@ class SearchPane(Pane):
     @on(DataTable.RowHighlighted, "#results")
     def _row_highlighted(self) -> None:
         hit = self.selected_hit()
-        if hit is not None:
+        if hit is not None and hit.chunk_id != self._detail_for:
             self.show_detail(hit)
 
     @work(exclusive=True, group="detail", exit_on_error=False)
@@ -267,25 +392,9 @@ class SearchPane(Pane):
         index = self.embedscope.index
         if index is None:
             return
-        chunk, siblings = await asyncio.to_thread(index.chunk_context, hit.chunk_id)
-        nearby = [c for c in siblings if abs(c.ordinal - chunk.ordinal) <= CONTEXT_CHUNKS]
-        body = Text()
-        page = f"  page {hit.page}" if hit.page is not None else ""
-        body.append(f"{hit.title}\n", style="bold")
-        matched = ""
-        if self._shown is not None and self._shown.per == "document" and len(siblings) > 1:
-            matched = f", best of {hit.matched_chunks} matching"
-        body.append(
-            f"{hit.path}{page}  chunk {chunk.ordinal + 1} of {len(siblings)}{matched}\n\n",
-            style="dim",
-        )
-        if nearby and nearby[0].ordinal > 0:
-            body.append("…\n", style="dim")
-        for c in nearby:
-            body.append(c.text.strip() + "\n\n", style="bold" if c.id == chunk.id else "dim")
-        if nearby and nearby[-1].ordinal < len(siblings) - 1:
-            body.append("…", style="dim")
+        body = await asyncio.to_thread(detail_text, index, hit, self._per_document())
         if self.selected_hit() is hit:
+            self._detail_for = hit.chunk_id
             self.query_one("#detail", Static).update(body)
 
     def action_toggle_per(self) -> None:
@@ -319,7 +428,7 @@ class SearchPane(Pane):
             text=hit.title, mode="vector", filters=filters, like=hit.doc_key, per=self._per
         )
         self._info(f"Finding documents like “{hit.title}”…")
-        self.run_search(self._like)
+        self._search(self._like)
 
     def action_copy(self) -> None:
         hit = self.selected_hit()
