@@ -239,8 +239,9 @@ class EmbedscopeApp(App[None]):
         if not compare.models:
             compare.set_models(rows)
         compare.set_runs(runs if isinstance(runs, list) else None)
-        self.query_one(IndexPane).set_models([r.name for r in rows], default)
-        self.query_one(IndexPane).set_default_backend(backend)
+        index_pane = self.query_one(IndexPane)
+        index_pane.set_models([r.name for r in rows], default)
+        index_pane.set_default_backend(backend)
 
     @work(exclusive=True, group="engine", exit_on_error=False)
     async def boot(self) -> None:

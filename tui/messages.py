@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from engine import Engine
     from engine.index import CorpusIndex, IndexProgress, IndexReport, SearchHit
 
@@ -72,8 +74,22 @@ class Query:
 
 
 class ResultsReady(Message):
-    def __init__(self, query: Query, hits: list[SearchHit], seconds: float) -> None:
+    """Results with their table cells (cut to `widths`) and the top hit's detail, both built
+    off the UI loop, so the loop only swaps them in and paints once."""
+
+    def __init__(
+        self,
+        query: Query,
+        hits: list[SearchHit],
+        seconds: float,
+        rows: list[tuple[str, str, Text, Text, Text, Text]],
+        widths: tuple[int, int, int],
+        detail: Text | None,
+    ) -> None:
         super().__init__()
         self.query = query
         self.hits = hits
         self.seconds = seconds
+        self.rows = rows
+        self.widths = widths
+        self.detail = detail

@@ -121,24 +121,6 @@ def detail_text(index: CorpusIndex, hit: SearchHit, per_document: bool) -> Text:
     return body
 
 
-class PreparedResults(ResultsReady):
-    """Results with their table cells and the top hit's detail, both built off the UI loop."""
-
-    def __init__(
-        self,
-        query: Query,
-        hits: list[SearchHit],
-        seconds: float,
-        rows: list[Row],
-        widths: tuple[int, int, int],
-        detail: Text | None,
-    ) -> None:
-        super().__init__(query, hits, seconds)
-        self.rows = rows
-        self.widths = widths
-        self.detail = detail
-
-
 class SearchPane(Pane):
     title = "Search"
     BINDINGS = SEARCH_BINDINGS
@@ -327,16 +309,16 @@ class SearchPane(Pane):
             )
         )
         seconds = time.perf_counter() - started
-        self.post_message(PreparedResults(query, hits, seconds, rows, widths, detail))
+        self.post_message(ResultsReady(query, hits, seconds, rows, widths, detail))
 
     @on(ResultsReady)
     def _results_ready(self, message: ResultsReady) -> None:
         message.stop()
         if message.query != self.current_query():
             return
-        if isinstance(message, PreparedResults) and message.widths == self._widths:
+        if message.widths == self._widths:
             self._show(message.query, message.hits, message.seconds, message.rows, message.detail)
-        else:
+        else:  # the table was resized meanwhile: cells cut for the old widths would not fit
             self._show(message.query, message.hits, message.seconds)
 
     def _show(
