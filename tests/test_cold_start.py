@@ -19,9 +19,12 @@ from engine import config as config_module
 from engine.models.onnx_runtime import GRAPH, RECORD, WEIGHTS
 
 TORCH = ("torch", "sentence_transformers", "transformers")
-# What a search has no use for, each ~30-50 ms to import: folder walking (indexing only) and
-# numpy's masked arrays (which np.unique and np.median pull in).
-INDEX_ONLY = ("pathspec", "numpy.ma")
+# What a search has no use for, each ~10-50 ms to import: folder walking, loaders and chunking
+# (indexing only), numpy's masked arrays (which np.unique and np.median pull in), statistics, and
+# a YAML parser when there is no user config file (the defaults' parse is cached).
+INDEX_ONLY = ("pathspec", "engine.documents", "numpy.ma", "statistics", "yaml")
+# A cached short query is keyed without its tokenizer (see ThreadedModel.truncate).
+MODEL_ONLY = ("onnxruntime", "tokenizers")
 WRAPPER = """
 import json, sys
 from tui.cli import main
@@ -43,7 +46,7 @@ def cold(*args: str) -> tuple[Any, list[str]]:
         [
             sys.executable,
             "-c",
-            WRAPPER.format(heavy=(*TORCH, "onnxruntime", *INDEX_ONLY)),
+            WRAPPER.format(heavy=(*TORCH, *MODEL_ONLY, *INDEX_ONLY)),
             *args,
             "--json",
         ],
@@ -70,7 +73,7 @@ def indexed(tmp_path: Path) -> Path:
 
 def test_cold_search_loads_no_torch(indexed: Path) -> None:
     result, modules = cold("search", "why does the sea go up and down", "--name", "cold")
-    assert modules == ["onnxruntime"], "a new query runs on ONNX Runtime alone, nothing of indexing"
+    assert modules == ["onnxruntime", "tokenizers"], "a new query: ONNX, nothing of indexing"
     assert result["results"][0]["path"] == "tides.txt"
     assert result["load_s"] > 0 and result["search_s"] > 0
     again, modules = cold("search", "why does the sea go up and down", "--name", "cold")
@@ -85,6 +88,39 @@ def test_defaults_parse_fast_and_the_same() -> None:
     checked = config_module._load_yaml(config_module.DEFAULTS_FILE)
     assert fast == checked
     assert fast[1][("index", "faiss", "hnsw_m")].line > 1
+
+
+def test_defaults_are_read_from_their_cached_parse_while_it_matches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cache is named by the defaults' bytes: a damaged one is parsed again and rewritten,
+    and a config loaded either way is the same."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as `make test` runs
+    fresh = config_module.load_config(use_user_file=False)
+    digest = config_module.hashlib.sha256(config_module.DEFAULTS_FILE.read_bytes()).hexdigest()
+    (cached,) = config_module.DEFAULTS_FILE.parent.glob(f"__pycache__/defaults.{digest[:16]}.json")
+    from_cache = config_module.load_config(use_user_file=False)
+    assert from_cache.raw == fresh.raw and from_cache.locations == fresh.locations
+    cached.write_text('{"raw": [1, 2]')
+    again = config_module.load_config(use_user_file=False)
+    assert again.raw == fresh.raw and again.locations == fresh.locations
+    assert json.loads(cached.read_text())["raw"] == fresh.raw
+
+
+def test_a_long_or_non_ascii_query_is_still_cut_by_its_tokenizer() -> None:
+    """Only a short ASCII query skips the tokenizer; anything else is cut exactly as before."""
+    from engine.models import ModelRegistry
+
+    registry = ModelRegistry(config_module.load_config(use_user_file=False))
+    model = registry.get("minilm")
+    window = model.fingerprint.max_seq_length
+    short = "tides " * (window // 12)
+    assert model.truncate([short], count=False).token_counts == []
+    for text in ("tides " * window, "Gezeiten über Kühe " * (window // 8)):
+        uncounted = model.truncate([text], count=False)
+        counted = model.truncate([text])
+        assert uncounted.texts == counted.texts and counted.token_counts
+    assert model.truncate(["tides " * window], count=False).truncated == 1
 
 
 def test_similar_reports_load_and_search_apart(indexed: Path) -> None:
@@ -126,5 +162,5 @@ def test_tampered_export_is_made_again_and_matches_torch(
     assert float(vector @ expected) > 0.99999
 
     found, modules = cold("search", "baking loaves at home", "--name", "cold", "--mode", "vector")
-    assert modules == ["onnxruntime"], "the next command trusts the export again"
+    assert modules == ["onnxruntime", "tokenizers"], "the next command trusts the export again"
     assert found["results"][0]["path"] == "bread.txt"

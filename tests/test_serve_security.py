@@ -8,6 +8,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,10 +140,17 @@ def test_audit_log_has_counts_never_texts_or_keys(served: Served) -> None:
     with httpx.Client(base_url=served.url) as http:
         assert search(http, keys["reader"], SECRET_QUERY).status_code == 200
     path = served.options.config.data_dir / "serve" / "audit.jsonl"
-    text = path.read_text()
-    lines = [json.loads(line) for line in text.splitlines()]
-    mine = [r for r in lines if r["route"] == "/v1/search" and r["status"] == 200]
-    assert mine and mine[-1]["key"] == keys["reader"].split("_")[1]
+    reader = keys["reader"].split("_")[1]
+    # The line is written once the response is sent, so the client can read the file first.
+    deadline = time.monotonic() + 10
+    while True:
+        text = path.read_text()
+        lines = [json.loads(line) for line in text.splitlines()]
+        mine = [r for r in lines if r["route"] == "/v1/search" and r["status"] == 200]
+        if (mine and mine[-1]["key"] == reader) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert mine and mine[-1]["key"] == reader
     assert mine[-1]["counts"]["results"] >= 1 and mine[-1]["latency_ms"] > 0
     assert {r["status"] for r in lines} >= {200, 401, 403}
     assert SECRET_QUERY not in text and "cooking" not in text

@@ -184,8 +184,8 @@ class FaultyModel(EmbeddingModel):
             raise RuntimeError("injected failure")
         return await self._real.encode(texts)
 
-    def truncate(self, texts: list[str]) -> Truncated:
-        return self._real.truncate(texts)
+    def truncate(self, texts: list[str], *, count: bool = True) -> Truncated:
+        return self._real.truncate(texts, count=count)
 
     def info(self) -> ModelInfo:
         return self._real.info()

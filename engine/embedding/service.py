@@ -128,7 +128,7 @@ class EmbeddingService:
 
     async def encode(self, texts: Sequence[str], model: str | None = None) -> np.ndarray:
         """(n, dim) float32, L2-normalised, rows in input order."""
-        return (await self.encode_detailed(texts, model)).vectors
+        return (await self.encode_detailed(texts, model, count_tokens=False)).vectors
 
     async def encode_request(
         self, texts: Sequence[str], model: str | None = None
@@ -140,8 +140,14 @@ class EmbeddingService:
         return await self.encode_detailed(items, model)
 
     async def encode_detailed(
-        self, texts: Sequence[str], model: str | None = None, *, use_cache: bool = True
+        self,
+        texts: Sequence[str],
+        model: str | None = None,
+        *,
+        use_cache: bool = True,
+        count_tokens: bool = True,
     ) -> EncodeResult:
+        """Without `count_tokens`, `token_counts` may come back empty (see `truncate`)."""
         if not self._started:
             raise RuntimeError(
                 "the embedding service is not started (use `async with Engine(...)`)"
@@ -150,9 +156,9 @@ class EmbeddingService:
         started = time.perf_counter()
         mdl = await self.model(model)
         if len(items) > INLINE_LIMIT:
-            cut = await asyncio.to_thread(mdl.truncate, items)
+            cut = await asyncio.to_thread(mdl.truncate, items, count=count_tokens)
         else:
-            cut = mdl.truncate(items)
+            cut = mdl.truncate(items, count=count_tokens)
         digest = mdl.fingerprint.digest
         keys = [cache_key(digest, t) for t in cut.texts]
         dim = mdl.dimension

@@ -26,23 +26,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.cancel import CancelToken
 from engine.config import Config
-from engine.documents import (
-    LOADER_VERSION,
-    Chunker,
-    DocumentError,
-    LoadedDocument,
-    MetadataLimits,
-    discover,
-    file_fingerprint,
-    load_file,
-    page_for_offset,
-)
 from engine.embed_text import embedded_text
 from engine.embedding import EmbeddingService
 from engine.embedding.pruning import ReplacedChunks
@@ -52,6 +41,7 @@ from engine.index.documents_mode import rank_documents, top_documents, with_matc
 from engine.index.errors import (
     CorpusIndexError,
     IndexCorruptError,
+    IndexIncompleteError,
     IndexModelMismatchError,
     IndexNotFoundError,
     IndexSourceError,
@@ -93,6 +83,7 @@ from engine.store.factory import (
 from engine.store.filters import Filter
 from engine.store.vector_base import (
     ChunkFields,
+    MissingIdsError,
     VectorStore,
     VectorStoreCorruptError,
     VectorStoreError,
@@ -100,6 +91,11 @@ from engine.store.vector_base import (
     VectorStoreVersionError,
     Where,
 )
+
+# The document pipeline (loaders, chunker, tokenizers, YAML) is imported by the methods that
+# index: a cold search never needs it.
+if TYPE_CHECKING:
+    from engine.documents import Chunker, DocumentError, LoadedDocument
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -510,6 +506,8 @@ class CorpusIndex:
 
     def _chunker_for(self) -> Chunker:
         if self._chunker is None:
+            from engine.documents import Chunker
+
             if self.model.folder is None:
                 raise IndexSourceError(f"model '{self.model_name}' has no local tokenizer")
             self._chunker = Chunker.from_model_dir(
@@ -563,6 +561,8 @@ class CorpusIndex:
         docs_cfg = self.config.documents
         include = list(include) or docs_cfg["include"]
         exclude = list(exclude) or docs_cfg["exclude"]
+        from engine.documents import LOADER_VERSION, discover
+
         left_out: list[DocumentError] = []
         files = await asyncio.to_thread(discover, [source], include, exclude, skipped=left_out)
         report.failed.extend(FileFailure(e.path, e.reason) for e in left_out)
@@ -706,6 +706,8 @@ class CorpusIndex:
         trust_hashes: bool,
     ) -> _Prepared:
         """Runs in a thread: hash, and only if the file changed, load and chunk it."""
+        from engine.documents import DocumentError, MetadataLimits, file_fingerprint, load_file
+
         try:
             fingerprint = file_fingerprint(file)
         except DocumentError as exc:
@@ -751,6 +753,8 @@ class CorpusIndex:
         """Each document's chunks, as they will be embedded: behind the document's title, whose
         tokens are held back from every chunk (one longer than half a chunk is cut there).
         ``file_hash`` None: each document's own content hash (documents given by key)."""
+        from engine.documents import page_for_offset
+
         chunker = self._chunker_for()
         titles = [chunker.head(d.indexed_title, chunker.max_tokens // 2) for d in docs]
         chunked = chunker.chunk_many([d.text for d in docs], [n for _, n in titles])
@@ -827,6 +831,8 @@ class CorpusIndex:
             complete=not cancelled,
         )
         if not cancelled:
+            from engine.documents import LOADER_VERSION
+
             self.manifest["loader_version"] = LOADER_VERSION
         self.store.set_manifest(self.manifest)
         write_manifest(self.folder, self.manifest)
@@ -966,10 +972,11 @@ class CorpusIndex:
         candidates: np.ndarray | None,
         flt: Filter,
     ) -> list[SearchHit]:
-        available = self.vectors.count if candidates is None else int(candidates.size)
-        vector = None
+        vector, available = None, 0
         if qvec is not None:
             vector = partial(self._vector_search, qvec, candidates=candidates, flt=flt)
+            # The store's own count (a shared one may lag SQLite until a writer reconciles).
+            available = self.vectors.count if candidates is None else int(candidates.size)
         ranked = rank_documents(
             self.store,
             mode,
@@ -977,7 +984,7 @@ class CorpusIndex:
             depth,
             query=query,
             vector=vector,
-            available=available,
+            vectors_available=available,
             chunks_per_document=self._chunks_per_document(),
             candidates=candidates,
             rrf_k=self.config.index["rrf_k"],
@@ -1042,7 +1049,14 @@ class CorpusIndex:
                 raise DocumentNotFoundError(f"no chunk {target} in index '{self.name}'")
             own = await asyncio.to_thread(self.store.chunks_of_document, rows[0].doc_key)
         source_ids = np.asarray(own if isinstance(target, str) else [int(target)], dtype=np.int64)
-        vec = (await asyncio.to_thread(self.vectors.fetch, source_ids)).mean(axis=0, keepdims=True)
+        try:
+            found = await asyncio.to_thread(self.vectors.fetch, source_ids)
+        except MissingIdsError as exc:  # a shared store behind SQLite, after a writer's crash
+            raise IndexIncompleteError(
+                f"index '{self.name}': the vectors of '{target}' are not in its vector store yet "
+                f"({exc}); run `embedscope index` on its folder again to finish the last run"
+            ) from exc
+        vec = found.mean(axis=0, keepdims=True)
         vec /= max(float(np.linalg.norm(vec)), 1e-12)
         candidates = await asyncio.to_thread(self._candidates, filters)
         flt = self._filter(filters)
@@ -1099,6 +1113,8 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 
 
 def _new_chunker(model: str, folder: Path, chunk_tokens: int | None, overlap: int) -> Chunker:
+    from engine.documents import Chunker
+
     try:
         return Chunker.from_model_dir(folder, max_tokens=chunk_tokens, overlap_tokens=overlap)
     except ValueError as exc:

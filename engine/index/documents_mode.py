@@ -11,6 +11,7 @@ rankings by reciprocal rank, each document ranked by its best chunk in each list
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -59,17 +60,19 @@ def top_documents(
     fetch: ChunkFetch,
     doc_of: Callable[[Sequence[int]], Mapping[int, int]],
     k: int,
-    available: int,
+    available: int | None,
     chunks_per_document: float = 1.0,
 ) -> list[RankedDocument]:
     """The k best documents of the chunk ranking `fetch(depth)` (best first, at most `depth`
-    chunks), fetching deeper until k documents are found or all `available` chunks were seen.
+    chunks), fetching deeper until k documents are found or the ranking runs out: all
+    `available` chunks were seen, or (None: not known) a round came back short.
 
-    Each round at least doubles the depth, so there are at most log2(available / k) + 1."""
-    if k < 1 or available < 1:
+    Each round at least doubles the depth: a ranking of n chunks takes log2(n / k) + 2 at most."""
+    if k < 1 or (available is not None and available < 1):
         return []
+    limit = sys.maxsize if available is None else available
     first = math.ceil(k * max(chunks_per_document, 1.0) * FIRST_ROUND_FACTOR)
-    depth = min(available, max(first, k))
+    depth = min(limit, max(first, k))
     known: dict[int, int] = {}
     while True:
         ranking = fetch(depth)
@@ -77,11 +80,11 @@ def top_documents(
         if unseen:
             known.update(doc_of(unseen))
         documents = collapse(ranking, known)
-        if len(documents) >= k or len(ranking) < depth or depth >= available:
+        if len(documents) >= k or len(ranking) < depth or depth >= limit:
             return documents[:k]
         # Grow by the chunks this round needed per document found, at least doubling.
         needed = math.ceil(depth * k / max(len(documents), 1) * FIRST_ROUND_FACTOR)
-        depth = min(available, max(2 * depth, needed))
+        depth = min(limit, max(2 * depth, needed))
 
 
 def fuse(
@@ -111,23 +114,28 @@ def rank_documents(
     *,
     query: str,
     vector: ChunkFetch | None,
-    available: int,
+    vectors_available: int,
     chunks_per_document: float,
     candidates: np.ndarray | None,
     rrf_k: int,
 ) -> list[RankedDocument]:
     """The k best documents in `mode`; `depth` documents come from each ranking a hybrid search
-    fuses. `vector` is None when the query could not be embedded (keyword results only)."""
+    fuses. `vector` is None when the query could not be embedded (keyword results only).
+
+    Only the vector ranking is bounded by `vectors_available`, the chunks its store can rank: a
+    shared store lags SQLite after a crash until a writer reconciles, and keyword search, which
+    SQLite alone answers, must still find every chunk SQLite holds."""
     vector_docs: list[RankedDocument] = []
     keyword_docs: list[RankedDocument] = []
     if mode in ("vector", "hybrid") and vector is not None:
         vector_docs = top_documents(
-            vector, store.chunk_documents, depth, available, chunks_per_document
+            vector, store.chunk_documents, depth, vectors_available, chunks_per_document
         )
     if mode in ("keyword", "hybrid"):
         keyword = partial(store.keyword_search, query, candidate_ids=candidates)
+        matchable = None if candidates is None else int(candidates.size)
         keyword_docs = top_documents(
-            keyword, store.chunk_documents, depth, available, chunks_per_document
+            keyword, store.chunk_documents, depth, matchable, chunks_per_document
         )
     if mode == "vector":
         return vector_docs[:k]

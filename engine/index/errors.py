@@ -47,6 +47,13 @@ class IndexSourceError(CorpusIndexError):
     code = "index_source"
 
 
+class IndexIncompleteError(CorpusIndexError, ConflictError):
+    """SQLite holds what a shared vector store does not yet: a writer died mid-run."""
+
+    code = "index_incomplete"
+    status = 409
+
+
 class IndexLockedError(CorpusIndexError, ConflictError):
     """Another process (or another task of this one) is writing the index."""
 

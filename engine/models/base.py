@@ -100,8 +100,9 @@ class EmbeddingModel(ABC):
         """Embed already-truncated texts as one batch."""
 
     @abstractmethod
-    def truncate(self, texts: list[str]) -> Truncated:
-        """Cut each text to what the model will actually see."""
+    def truncate(self, texts: list[str], *, count: bool = True) -> Truncated:
+        """Cut each text to what the model will actually see. Without `count` the token counts
+        may be left empty, sparing a tokenizer where the cut can be known without one."""
 
     @abstractmethod
     def info(self) -> ModelInfo: ...

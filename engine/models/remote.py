@@ -220,7 +220,7 @@ class OpenAIModel(EmbeddingModel):
     async def load(self) -> None:
         """Nothing to load: the tokenizer was checked when the model was created."""
 
-    def truncate(self, texts: list[str]) -> Truncated:
+    def truncate(self, texts: list[str], *, count: bool = True) -> Truncated:
         return self.tokens.truncate(texts)
 
     # -- the key, redaction, the client ---------------------------------------------------

@@ -243,6 +243,8 @@ def fts_query(text: str) -> str | None:
 
 
 def _fold(text: str) -> str:
+    if text.isascii():  # most words: nothing to decompose, and casefold is lower (3x faster)
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
