@@ -4,6 +4,7 @@ benchmarks/bench_cli.py, not here."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -97,7 +98,7 @@ def test_defaults_are_read_from_their_cached_parse_while_it_matches(
     and a config loaded either way is the same."""
     monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as `make test` runs
     fresh = config_module.load_config(use_user_file=False)
-    digest = config_module.hashlib.sha256(config_module.DEFAULTS_FILE.read_bytes()).hexdigest()
+    digest = hashlib.sha256(config_module.DEFAULTS_FILE.read_bytes()).hexdigest()
     (cached,) = config_module.DEFAULTS_FILE.parent.glob(f"__pycache__/defaults.{digest[:16]}.json")
     from_cache = config_module.load_config(use_user_file=False)
     assert from_cache.raw == fresh.raw and from_cache.locations == fresh.locations

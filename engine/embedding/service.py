@@ -231,7 +231,7 @@ class EmbeddingService:
         if not texts:
             return 0
         mdl = await self.model(model)
-        cut = await asyncio.to_thread(mdl.truncate, list(texts))
+        cut = await asyncio.to_thread(mdl.truncate, list(texts), count=False)
         keys = list(dict.fromkeys(cache_key(mdl.fingerprint.digest, t) for t in cut.texts))
         self.memory.drop(keys)
         if self.disk is not None:
