@@ -113,3 +113,28 @@ def test_index_json_reports_the_size_info_reports(
     assert indexed["bytes_on_disk"] == on_disk
     (listed,) = command("info")["indexes"]
     assert listed["bytes_on_disk"] == on_disk
+
+
+async def test_a_console_exit_keeps_everything_the_command_wrote(tmp_path: Path, config) -> None:
+    """The console script skips the interpreter's teardown after a command: the index, the
+    queued embedding-cache writes and the whole output must all have landed first."""
+    from engine import Engine
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"tide-{i}.txt").write_text(f"Tide table {i}: high water at {i % 12} o'clock.\n")
+    query = "when is high water at the harbour"
+    indexed = embedscope("python -m tui.cli", "index", str(corpus), "--name", "fast", "--json")
+    assert indexed.returncode == 0, indexed.stderr
+    assert json.loads(indexed.stdout)["report"]["added"] == 40
+    found = embedscope("python -m tui.cli", "search", query, "--name", "fast", "-k", "40", "--json")
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)["results"]) == 40
+    async with Engine(config) as engine:
+        index = await engine.indexes.open("fast")
+        assert index.stats().documents == 40
+        cached = await engine.embeddings.encode_detailed([query])
+    assert cached.sources == ["l2"]
+    refused = embedscope("python -m tui.cli", "search", query, "--name", "absent")
+    assert refused.returncode == 2 and "absent" in refused.stderr

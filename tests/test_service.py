@@ -277,3 +277,19 @@ async def test_service_must_be_started(config) -> None:
     engine = Engine(config)
     with pytest.raises(RuntimeError, match="not started"):
         await engine.embeddings.encode(["x"])
+
+
+def test_truncating_more_texts_than_one_tokenizer_call_keeps_each_text_and_order(config) -> None:
+    """`truncate` tokenizes in slices (see TOKENIZE_SLICE); across slice edges every text must be
+    cut and counted exactly as it is alone."""
+    from engine.models import ModelRegistry
+    from engine.models.threaded import TOKENIZE_SLICE
+
+    model = ModelRegistry(config).get("minilm")
+    base = varied_texts()
+    texts = [f"{base[i % len(base)]} #{i}" for i in range(2 * TOKENIZE_SLICE + 7)]
+    together = model.truncate(texts)
+    alone = [model.truncate([t]) for t in texts]
+    assert together.texts == [a.texts[0] for a in alone]
+    assert together.token_counts == [a.token_counts[0] for a in alone]
+    assert together.truncated == sum(a.truncated for a in alone) > 0

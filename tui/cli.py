@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gc
+import logging
+import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,9 +32,14 @@ with uncollected():
 
 
 def main(argv: list[str] | None = None) -> int:
+    return _dispatch(argv)[0]
+
+
+def _dispatch(argv: list[str] | None) -> tuple[int, bool]:
+    """The exit code, and whether an engine command (not the app) ran."""
     args = build_parser().parse_args(argv)
     if args.command is not None:
-        return run(args)
+        return run(args), True
     with uncollected():
         from tui.app import EmbedscopeApp
 
@@ -42,8 +50,25 @@ def main(argv: list[str] | None = None) -> int:
         serve=(args.app_host, args.app_port) if args.serve else None,
     )
     app.run()
-    return app.return_code or 0
+    return app.return_code or 0, False
+
+
+def console() -> None:
+    """The console script. A one-shot command whose engine has shut down (every store closed,
+    every writer thread joined) leaves without the interpreter's teardown, which frees numpy,
+    faiss and the engine object by object: ~50 ms of a ~0.5 s cold cached search, measured.
+    While any other thread lives, or after the app, the exit is the ordinary one."""
+    code, engine_command = _dispatch(sys.argv[1:])
+    if threading.active_count() > 1 or not engine_command:
+        sys.exit(code)
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sys.exit(code)
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -231,8 +231,14 @@ class EmbeddingService:
         if not texts:
             return 0
         mdl = await self.model(model)
-        cut = await asyncio.to_thread(mdl.truncate, list(texts), count=False)
-        keys = list(dict.fromkeys(cache_key(mdl.fingerprint.digest, t) for t in cut.texts))
+        return await asyncio.to_thread(self._forget, mdl, list(texts))
+
+    def _forget(self, mdl: EmbeddingModel, texts: list[str]) -> int:
+        """On a worker thread: hashing thousands of keys would stall the loop (both levels lock
+        or queue their own writes)."""
+        digest = mdl.fingerprint.digest
+        cut = mdl.truncate(texts, count=False)
+        keys = list(dict.fromkeys(cache_key(digest, t) for t in cut.texts))
         self.memory.drop(keys)
         if self.disk is not None:
             self.disk.drop_many(keys)

@@ -621,12 +621,13 @@ class CorpusIndex:
                 last_save = time.monotonic()
             emit("indexing", items[-1].doc.path if items else "")
 
+        # Resolving every path is a syscall each: thousands of them would stall the loop.
+        rels = await asyncio.to_thread(lambda: [relative_key_path(f, source) for f in files])
         try:
-            for file in files:
+            for file, rel in zip(files, rels, strict=True):
                 if cancel.cancelled:
                     report.cancelled = True
                     break
-                rel = relative_key_path(file, source)
                 seen.add(rel)
                 prepared = await asyncio.to_thread(
                     self._prepare, file, source, rel, by_path.get(rel, {}), trust_hashes

@@ -6,6 +6,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ class Fingerprint:
     normalized: bool
     max_seq_length: int
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """Cached: every cache key hashes it, so pruning thousands of texts must not redo it."""
         payload = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()
 

@@ -21,6 +21,9 @@ import numpy as np
 from engine.models.base import EmbeddingModel, Fingerprint, Truncated
 
 T = TypeVar("T")
+# Texts per tokenizer call. Freeing one call's encodings holds the GIL: 5,000 abstracts at once
+# measured a 120 ms stall of the event loop while a run's replaced chunks left the cache.
+TOKENIZE_SLICE = 256
 # Lone-text timings kept for the query median.
 QUERY_WINDOW = 256
 
@@ -139,13 +142,16 @@ class ThreadedModel(EmbeddingModel):
         out: list[str] = []
         counts: list[int] = []
         truncated = 0
-        for text, enc in zip(texts, tok.encode_batch(texts, add_special_tokens=False), strict=True):
-            counts.append(len(enc.ids))
-            if len(enc.ids) > limit:
-                out.append(text[: enc.offsets[limit][0]].rstrip())
-                truncated += 1
-            else:
-                out.append(text)
+        for start in range(0, len(texts), TOKENIZE_SLICE):
+            part = texts[start : start + TOKENIZE_SLICE]
+            encodings = tok.encode_batch(part, add_special_tokens=False)
+            for text, enc in zip(part, encodings, strict=True):
+                counts.append(len(enc.ids))
+                if len(enc.ids) > limit:
+                    out.append(text[: enc.offsets[limit][0]].rstrip())
+                    truncated += 1
+                else:
+                    out.append(text)
         return Truncated(out, truncated, counts)
 
     async def close(self) -> None:

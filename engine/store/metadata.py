@@ -272,8 +272,17 @@ def _matches(text: str, terms: Sequence[str]) -> list[tuple[int, int, int]]:
     found: list[tuple[int, int, int]] = []
     if not terms:
         return found
+    # Every way a word can match a term starts with the term's first letter: an ASCII word
+    # starting otherwise is skipped unfolded, and each distinct word is matched once.
+    firsts = {t[0] for t in terms}
+    seen: dict[str, int | None] = {}
     for m in _TOKEN_RE.finditer(text):
-        idx = _term_index(_fold(m.group()), terms)
+        word = m.group()
+        if word[0].isascii() and word[0].lower() not in firsts:
+            continue
+        if word not in seen:
+            seen[word] = _term_index(_fold(word), terms)
+        idx = seen[word]
         if idx is not None:
             found.append((m.start(), m.end(), idx))
     return found
