@@ -122,6 +122,7 @@ async def run(args: Any) -> dict[str, Any]:
         qvecs = await embed(home, args.model, warmup + measured, "queries")
         config = model_config(home, args.model)
     warm_q, q = qvecs[:5], qvecs[5:]
+    dim = int(vectors.shape[1])
     ids = np.arange(n, dtype=np.int64)
     fields = [
         ChunkFields(f"part-{i // 1000:04d}.jsonl", f"chunk {i}", "jsonl", 0, 1.7e9, {"bucket": b})
@@ -134,7 +135,7 @@ async def run(args: Any) -> dict[str, Any]:
     opts = config.store_settings("faiss")
     faiss_settings = {k: opts[k] for k in ("hnsw_m", "hnsw_ef_search", "hnsw_ef_construction")}
     log("filling the FAISS HNSW store")
-    faiss_store = create_store("faiss", {**faiss_settings, "type": "hnsw"}, 384, name="bench")
+    faiss_store = create_store("faiss", {**faiss_settings, "type": "hnsw"}, dim, name="bench")
     for start in range(0, n, COPY_BATCH):
         faiss_store.add(ids[start : start + COPY_BATCH], vectors[start : start + COPY_BATCH])
     timed_searches(faiss_store, warm_q, None)
@@ -146,7 +147,7 @@ async def run(args: Any) -> dict[str, Any]:
         settings = {"uri": uri, "consistency": args.consistency}
         log(f"copying {n} vectors into Milvus at {uri} ({args.consistency} consistency)")
         started = time.perf_counter()
-        milvus = create_store("milvus", settings, 384, name=f"bench-{uuid.uuid4().hex[:8]}")
+        milvus = create_store("milvus", settings, dim, name=f"bench-{uuid.uuid4().hex[:8]}")
         insert_s = 0.0
         for batch_ids, batch_vecs in faiss_store.iter_vectors(COPY_BATCH):
             t0 = time.perf_counter()

@@ -25,6 +25,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -92,21 +93,40 @@ async def time_index(home: Path, source: Path, model: str | None) -> dict[str, A
 
 def cli_index_peak_rss_mb(source: Path, home: Path, model: str | None) -> float:
     """`embedscope index` as a user runs it, in its own process with an empty data dir and
-    cache: the peak RSS of indexing alone (the in-process figure carries the baseline's model)."""
+    cache: the peak RSS of indexing alone (the in-process figure carries the baseline's model).
+
+    Read as the child's own high-water mark (VmHWM), polled until it exits: the rusage of a
+    child starts from its parent's peak on Linux (the memory it was forked from counts)."""
     script = Path(sys.executable).with_name("embedscope")
     cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "tui.cli"]
     cmd += ["index", str(source), "--name", "rss", "--index-type", "flat", "--json"]
     if model:
         cmd += ["--model", model]
     env = {**os.environ, "EMBEDSCOPE_HOME": str(home), "XDG_CONFIG_HOME": str(home / "config")}
-    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert child.stderr is not None
-    errors = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {errors.decode(errors='replace')[-2000:]}")
-    return usage.ru_maxrss / 1024
+    peak_kb = 0
+    with tempfile.TemporaryFile() as errors:
+        child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        status = Path(f"/proc/{child.pid}/status")
+        while child.poll() is None:
+            peak_kb = max(peak_kb, _vm_hwm_kb(status))
+            time.sleep(0.02)
+        if child.returncode != 0:
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace")[-2000:]
+            raise SystemExit(f"{' '.join(cmd)} failed: {tail}")
+    return peak_kb / 1024
+
+
+def _vm_hwm_kb(status: Path) -> int:
+    """The process's peak resident set so far; 0 once it has gone (or is a zombie)."""
+    try:
+        text = status.read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 def time_direct(model: Any, texts: list[str]) -> float:

@@ -102,10 +102,19 @@ def test_bench_index_smoke(tmp_path: Path) -> None:
 def test_bench_search_smoke(tmp_path: Path) -> None:
     data = tmp_path / "data"
     r = run_bench(
-        "bench_search.py", "--quick", "--smoke", "--data-dir", str(data), tmp_path=tmp_path
+        "bench_search.py",
+        "--quick",
+        "--smoke",
+        "--int8",
+        "--data-dir",
+        str(data),
+        tmp_path=tmp_path,
     )
     positive(
         r,
+        "hnsw_int8_query_p50_ms",
+        "hnsw_int8_scan_ms",
+        "hnsw_int8_recall_at_10",
         "query_p50_ms",
         "query_p95_ms",
         "faiss_scan_ms",
@@ -134,6 +143,11 @@ def test_bench_search_smoke(tmp_path: Path) -> None:
     # The HNSW index re-uses the flat build's embeddings from the cache: no model call.
     assert r["build"]["flat"]["model_batches"] > 0 and r["build"]["hnsw"]["model_batches"] == 0
     assert r["build"]["hnsw"]["active_type"] == "hnsw"
+    # int8 has its own fingerprint: its flat build embeds every chunk again, its HNSW build none.
+    assert r["build"]["flat_int8"]["model_batches"] > 0
+    assert r["build"]["hnsw_int8"]["model_batches"] == 0
+    assert r["build"]["hnsw_int8"]["active_type"] == "hnsw"
+    assert r["hnsw_int8_recall_at_10"] <= 1.0
     assert set(r["bytes_per_chunk"]) == {"flat_disk", "flat_memory", "hnsw_disk", "hnsw_memory"}
     # A second run over the kept --data-dir finds the index up to date: nothing is re-embedded.
     again = run_bench(

@@ -136,6 +136,8 @@ class SentenceTransformerModel(ThreadedModel):
         """The sentence-transformers model, loaded on the model thread the first time."""
         if self._st is not None:
             return self._st
+        if self._runner is not None:
+            self._runner.release_arena()
         started = time.perf_counter()
         try:
             from sentence_transformers import SentenceTransformer
