@@ -62,6 +62,20 @@ def floor_targets(result: dict[str, Any], targets: dict[str, float]) -> dict[str
     }
 
 
+def ceiling_targets(result: dict[str, Any], targets: dict[str, float]) -> dict[str, Any]:
+    """Each figure that must stay under a ceiling, with its value and whether this run met it."""
+    return {
+        key: {"value": result[key], "target": f"<= {bound}", "met": result[key] <= bound}
+        for key, bound in targets.items()
+    }
+
+
+def embedscope_command() -> list[str]:
+    """The installed console script beside this interpreter, as a user runs it."""
+    script = Path(sys.executable).with_name("embedscope")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "tui.cli"]
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile: an observed latency, never an interpolated one."""
     ordered = sorted(values)

