@@ -81,6 +81,7 @@ from engine.store.factory import (
     saved_elsewhere,
 )
 from engine.store.filters import Filter
+from engine.store.snippets import snippet as snippet_of
 from engine.store.vector_base import (
     ChunkFields,
     MissingIdsError,
@@ -1004,7 +1005,7 @@ class CorpusIndex:
             row = rows.get(chunk_id)
             if row is None:
                 continue
-            snippet, spans = self.store.snippet(chunk_id, query)
+            snippet, spans = snippet_of(row.text, query)
             hits.append(
                 SearchHit(
                     rank=len(hits) + 1,

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sqlite3
 import threading
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ import numpy as np
 from engine.disks import unwritable_reason
 from engine.embed_text import embedded_text
 from engine.store.filters import Filter, register_sql_functions
+from engine.store.snippets import TOKEN_RE, snippet
 
 __all__ = [
     "FTS_TOKENIZER",
@@ -61,15 +60,6 @@ _SQLITE_NOTADB = 26
 _SQLITE_IOERR_SHORT_READ = 522
 _PAGE = 500
 
-_TOKEN_RE = re.compile(r"[^\W_]+")
-_SPACE_RE = re.compile(r"\s+")
-# Ignored when picking and marking snippet words (unless the query has nothing else).
-_STOPWORD_TEXT = (
-    "a an and are as at be but by can do does for from had has have how i if in into is it its "
-    "no not of on or so such than that the their there these they this to was were what when "
-    "where which who why will with"
-)
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 _DOC_COLUMNS = (
     "d.id, d.key, d.path, d.title, d.doc_type, d.size, d.mtime, d.content_hash, d.file_hash, "
@@ -236,81 +226,10 @@ def fts_query(text: str) -> str | None:
     Only runs of letters/digits survive, so quotes, operators and brackets in user text can
     never form FTS5 syntax. None when the text has no searchable term.
     """
-    terms = dict.fromkeys(t.lower() for t in _TOKEN_RE.findall(text))
+    terms = dict.fromkeys(t.lower() for t in TOKEN_RE.findall(text))
     if not terms:
         return None
     return " OR ".join(f'"{t}"' for t in terms)
-
-
-def _fold(text: str) -> str:
-    if text.isascii():  # most words: nothing to decompose, and casefold is lower (3x faster)
-        return text.lower()
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
-
-
-def _snippet_terms(query: str) -> list[str]:
-    terms = list(dict.fromkeys(_fold(t) for t in _TOKEN_RE.findall(query)))
-    content = [t for t in terms if t not in _STOPWORDS]
-    return content or terms
-
-
-def _term_index(word: str, terms: Sequence[str]) -> int | None:
-    """Which query term a text word matches: same word, word extends the term, or the term
-    is a short inflection of the word ("flows" marks "flow"), like the stemmed FTS match."""
-    for i, term in enumerate(terms):
-        if word == term:
-            return i
-        if len(term) >= 3 and word.startswith(term):
-            return i
-        if len(word) >= 4 and term.startswith(word) and len(term) - len(word) <= 3:
-            return i
-    return None
-
-
-def _matches(text: str, terms: Sequence[str]) -> list[tuple[int, int, int]]:
-    found: list[tuple[int, int, int]] = []
-    if not terms:
-        return found
-    # Every way a word can match a term starts with the term's first letter: an ASCII word
-    # starting otherwise is skipped unfolded, and each distinct word is matched once.
-    firsts = {t[0] for t in terms}
-    seen: dict[str, int | None] = {}
-    for m in _TOKEN_RE.finditer(text):
-        word = m.group()
-        if word[0].isascii() and word[0].lower() not in firsts:
-            continue
-        if word not in seen:
-            seen[word] = _term_index(_fold(word), terms)
-        idx = seen[word]
-        if idx is not None:
-            found.append((m.start(), m.end(), idx))
-    return found
-
-
-def _window(text: str, matches: Sequence[tuple[int, int, int]], width: int) -> tuple[int, int]:
-    """The [start, end) window of at most ``width`` chars covering the most distinct terms,
-    never cutting through a word at its edges (unless one word is wider than the window)."""
-    first = last = 0
-    if matches:
-        best: tuple[int, int] = (-1, -1)
-        capped = matches[:300]
-        for i, (s, e, _) in enumerate(capped):
-            inside = [m for m in capped[i:] if m[1] <= s + width] or [(s, e, 0)]
-            score = (len({m[2] for m in inside}), len(inside))
-            if score > best:
-                best, first, last = score, s, inside[-1][1]
-    # Centre the matched stretch a little left of the middle: context reads forward.
-    slack = max(0, width - (last - first))
-    end = min(len(text), max(0, first - slack // 3) + width)
-    start = max(0, end - width)
-    if start > 0 and not text[start - 1].isspace():
-        gap = _SPACE_RE.search(text, start, max(start, first))
-        start = gap.end() if gap else start
-    if end < len(text) and not text[end].isspace():
-        gaps = list(_SPACE_RE.finditer(text, max(start, last), end))
-        end = gaps[-1].start() if gaps and gaps[-1].start() > start else end
-    return start, end
 
 
 def _frozen(path: Path) -> bool:
@@ -744,26 +663,12 @@ class MetadataStore:
     def snippet(
         self, chunk_id: int, query: str, width: int = 160
     ) -> tuple[str, list[tuple[int, int]]]:
-        """A window of at most ``width`` chunk characters around the best match (whitespace
-        collapsed, "…" marking cuts) and the (start, end) spans of matched query words in it.
-
-        Works for vector hits without any keyword match: the leading text and no spans.
-        """
-        if width < 1:
-            raise ValueError(f"width must be >= 1, got {width}")
+        """One stored chunk's snippet for ``query`` (see `engine.store.snippets.snippet`)."""
         with self._locked() as conn:
             row = conn.execute("SELECT text FROM chunks WHERE id = ?", (int(chunk_id),)).fetchone()
         if row is None:
             raise KeyError(f"no chunk with id {chunk_id} in {self.path}")
-        text: str = row[0]
-        terms = _snippet_terms(query)
-        start, end = _window(text, _matches(text, terms), width)
-        body = " ".join(text[start:end].split())
-        if start > 0 and text[:start].strip():
-            body = "…" + body
-        if end < len(text) and text[end:].strip():
-            body += "…"
-        return body, [(s, e) for s, e, _ in _matches(body, terms)]
+        return snippet(row[0], query, width)
 
     def filter_chunk_ids(self, flt: Filter) -> np.ndarray:
         """Sorted unique ids of the chunks whose document matches every condition."""
