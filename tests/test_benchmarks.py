@@ -113,6 +113,8 @@ def test_bench_search_smoke(tmp_path: Path) -> None:
     positive(
         r,
         "hnsw_int8_query_p50_ms",
+        "hnsw_int8_query_embed_ms",
+        "int8_model_encode_ms",
         "hnsw_int8_scan_ms",
         "hnsw_int8_recall_at_10",
         "query_p50_ms",
