@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -293,3 +294,28 @@ def test_truncating_more_texts_than_one_tokenizer_call_keeps_each_text_and_order
     assert together.texts == [a.texts[0] for a in alone]
     assert together.token_counts == [a.token_counts[0] for a in alone]
     assert together.truncated == sum(a.truncated for a in alone) > 0
+
+
+async def test_batches_group_texts_by_tokens_not_characters(config) -> None:
+    """Digits and commas are a token each; these words are one token for ~13 characters. By
+    characters the two kinds interleave (59-239 vs 111-223); by tokens every short-token text
+    shares a batch, so no batch is padded to a dense text's length for a sparse one."""
+    config.raw["embedding"]["max_batch_size"] = 32
+    rng = random.Random(5)
+    words = ["government", "international", "communication", "responsibility", "university"]
+    digits = [[str(rng.randint(0, 9)) for _ in range(rng.randint(30, 120))] for _ in range(32)]
+    dense = [",".join(d) for d in digits]
+    sparse = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 16))) for _ in range(32)]
+    texts = dense + sparse
+    rng.shuffle(texts)
+    by_chars = sorted(texts, key=len)
+    assert any(t in dense for t in by_chars[:32]) and any(t in sparse for t in by_chars[32:])
+    async with Engine(config) as engine:
+        recorder = FaultyModel(await engine.embeddings.model("minilm"))
+        engine.registry.register(recorder)
+        await engine.embeddings.encode(["warm"], "faulty")
+        result = await engine.embeddings.encode_detailed(texts, "faulty")
+    batches = [set(b) for b in recorder.batches[1:]]
+    assert sorted(len(b) for b in batches) == [32, 32]
+    assert set(sparse) in batches and set(dense) in batches
+    assert result.vectors.shape == (64, 384)

@@ -3,6 +3,11 @@
 As in infinity-emb: every text is a future in a queue; one worker per model drains the queue, sorts
 by length so similar lengths share a batch (less padding), runs the model and resolves each future.
 A failing batch fails only its own futures; the worker keeps serving.
+
+Length is the text's token count where the caller knows it (indexing does: the service counts
+tokens to cut texts to the window), else its characters. Tokens are what a batch is padded to:
+on 500 SciFact documents, sorting by characters padded the model's batches to 247k tokens for
+207k real ones; by tokens, to 218k (12% less model work).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from engine.errors import OverloadedError
 class _Item:
     text: str
     future: asyncio.Future[np.ndarray]
+    length: int
 
 
 def _consume(future: asyncio.Future[np.ndarray]) -> None:
@@ -73,7 +79,11 @@ class MicroBatcher:
                 item.future.set_exception(RuntimeError("embedding service stopped"))
         self._pending.clear()
 
-    def submit(self, texts: list[str]) -> list[asyncio.Future[np.ndarray]]:
+    def submit(
+        self, texts: list[str], lengths: list[int] | None = None
+    ) -> list[asyncio.Future[np.ndarray]]:
+        """One future per text; `lengths` (token counts, one per text) orders them into
+        batches, characters when absent."""
         if self._task is None:
             raise RuntimeError(
                 "the embedding service is not started (use `async with Engine(...)`)"
@@ -84,11 +94,15 @@ class MicroBatcher:
                 f"embedding.max_queue={self.max_queue}. Retry shortly or raise the limit."
             )
         loop = asyncio.get_running_loop()
+        if lengths is None:
+            lengths = [len(t) for t in texts]
+        elif len(lengths) != len(texts):
+            raise ValueError(f"{len(lengths)} lengths for {len(texts)} texts")
         futures = []
-        for text in texts:
+        for text, length in zip(texts, lengths, strict=True):
             fut: asyncio.Future[np.ndarray] = loop.create_future()
             fut.add_done_callback(_consume)
-            self._pending.append(_Item(text, fut))
+            self._pending.append(_Item(text, fut, length))
             futures.append(fut)
         self._wakeup.set()
         return futures
@@ -106,7 +120,7 @@ class MicroBatcher:
             heavy = len(items) >= self.max_batch_size
             self._wakeup.clear()
             items = [i for i in items if not i.future.done()]
-            items.sort(key=lambda i: len(i.text))
+            items.sort(key=lambda i: i.length)
             self._in_flight = len(items)
             try:
                 for start in range(0, len(items), self.max_batch_size):

@@ -183,10 +183,14 @@ class EmbeddingService:
                     found[key] = vec
                     sources[key] = "l2"
                     self.memory.put(key, vec)
-        missing = {k: t for k, t in zip(keys, cut.texts, strict=True) if k not in found}
+        counts = cut.token_counts or [len(t) for t in cut.texts]
+        missing = {
+            k: (t, n) for k, t, n in zip(keys, cut.texts, counts, strict=True) if k not in found
+        }
         if missing:
+            texts_in, lengths = zip(*missing.values(), strict=True)
             try:
-                futures = self._batcher(mdl).submit(list(missing.values()))
+                futures = self._batcher(mdl).submit(list(texts_in), list(lengths))
             except OverloadedError:
                 self.metrics.record_overload(mdl.name)
                 raise
