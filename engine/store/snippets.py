@@ -21,9 +21,9 @@ _STOPWORD_TEXT = (
     "where which who why will with"
 )
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-# Words remembered per query: a search's ten hits hold a few hundred distinct words; a caller
-# snippeting a whole corpus for one query keeps matching, uncached, past this.
-_MEMO_WORDS = 20_000
+# Words remembered per query: ten hits hold a few hundred distinct words. Past this a query
+# keeps matching, uncached, so a server's clients cannot grow the memos past ~64 x 4,096 words.
+_MEMO_WORDS = 4096
 _MAX_SPANS = 300
 
 
