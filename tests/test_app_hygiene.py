@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, python_json
 
 HEAVY = ("torch", "sentence_transformers", "faiss")
 
@@ -42,16 +42,7 @@ print(json.dumps(seen))
 
 def test_first_frame_paints_before_heavy_imports(isolated_home: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE.format(heavy=HEAVY)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = python_json(PROBE.format(heavy=HEAVY), env=env, timeout=120)
     assert seen["at_import"] == []
     assert seen["painted"] is True
     assert seen["modules"] == [], f"imported before the first frame: {seen['modules']}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATASETS, REPO
+from conftest import DATASETS, REPO, python_json
 
 from engine.config import load_config
 from engine.models import ModelRegistry
@@ -245,16 +245,6 @@ def test_releasing_the_arena_returns_long_batches_memory(tmp_path: Path) -> None
 
     In a fresh process, as an indexing run is: inside the test session (2 GB of earlier tests'
     heap) the same steps gave back only 12 MB once, and 70 MB alone."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(
-        [sys.executable, "-c", ARENA_CHILD, str(tmp_path), str(Path(__file__).parent)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = python_json(ARENA_CHILD, str(tmp_path), str(Path(__file__).parent), timeout=600)
     assert out["grown"] - out["released"] > 20 * 2**20, out
     assert out["cosine"] > 0.99999

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import REPO, python_json
 
 IMPORT_ALL = """
 import importlib, json, pkgutil, sys
@@ -24,16 +24,7 @@ print(json.dumps({"modules": names, "ui": sorted(m for m in sys.modules
 
 
 def test_no_engine_module_imports_textual() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", IMPORT_ALL],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = python_json(IMPORT_ALL)
     expected = {
         ".".join(p.relative_to(REPO).with_suffix("").parts)
         for p in (REPO / "engine").rglob("*.py")

@@ -7,13 +7,11 @@ import asyncio
 import dataclasses
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import python_json
 
 from engine import Engine
 from engine.embedding import OverloadedError
@@ -72,15 +70,7 @@ asyncio.run(main())
 
 
 def run_process(texts: list[str]) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(texts)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return python_json(SCRIPT, json.dumps(texts))
 
 
 def test_second_process_gets_disk_hits_and_damage_only_misses(isolated_home: Path) -> None:
